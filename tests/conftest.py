@@ -1,0 +1,36 @@
+"""Shared test fixtures: conformance data location, deterministic seeds, CPU Triton interpreter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Triton kernels run on CPU through the interpreter in tests; the flag must be set before any
+# kernel module is imported (triton reads it when a kernel is decorated).
+try:
+    import torch as _torch
+
+    _HAS_CUDA = _torch.cuda.is_available()
+except Exception:  # pragma: no cover - torch is a hard dependency
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFORMANCE_DIR = REPO_ROOT.parent / "shared" / "conformance"
+
+
+@pytest.fixture(scope="session")
+def conformance_dir() -> Path:
+    """Directory holding the official-VMamba conformance data (../shared/conformance)."""
+    if not CONFORMANCE_DIR.is_dir():
+        pytest.fail(f"conformance data not found at {CONFORMANCE_DIR}")
+    return CONFORMANCE_DIR
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
