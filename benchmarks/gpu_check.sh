@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# One short check (< 8 min) for a lent GPU machine: Triton kernel tests on CUDA, a Triton-vs-reference
+# correctness table at real VMamba shapes, the scan benchmark (times, GB/s vs peak, mamba_ssm if
+# importable) and a cross-scan/merge timing, then a compact summary table.
+#
+# Usage (repo root or anywhere):  bash benchmarks/gpu_check.sh
+# Assumes a python with torch + triton + pytest + safetensors already installed; installs this repo
+# with --no-deps --no-build-isolation (no network needed), or, if that fails, puts a symlink shim of
+# the package on PYTHONPATH. Logs go to $OUT (if set) or a temp dir.
+# Env: PYTHON (default python3); GPU_CHECK_SKIP_INSTALL=1 (package already importable); PEAK_GBS
+# (device peak bandwidth for the % column); GPU_CHECK_BUDGET_S (total wall budget, default 450 s:
+# a step that would start past it is skipped, and each step's timeout is cut to what is left).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3}"
+LOG_DIR="${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}"
+mkdir -p "$LOG_DIR"
+BUDGET="${GPU_CHECK_BUDGET_S:-450}"
+SUMMARY="$LOG_DIR/summary.txt"
+: >"$SUMMARY"
+START=$SECONDS
+
+# run_step NAME TIMEOUT_S CMD...: runs with a timeout, logs to $LOG_DIR/NAME.log, never aborts the
+# script, records "NAME status seconds" for the summary table.
+run_step() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - (SECONDS - START)))
+  if [ "$left" -lt 20 ]; then
+    printf '%-14s %-22s %6s\n' "$name" "skipped(budget)" "-" >>"$SUMMARY"
+    echo "== $name: skipped, time budget used up"
+    return 0
+  fi
+  if [ "$limit" -gt "$left" ]; then limit=$left; fi
+  echo "== $name (timeout ${limit}s)"
+  local t0=$SECONDS rc=0
+  timeout --kill-after=10 "$limit" "$@" >"$LOG_DIR/$name.log" 2>&1 || rc=$?
+  local status=ok
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="TIMEOUT(${limit}s)"; elif [ "$rc" -ne 0 ]; then status="FAIL(rc=$rc)"; fi
+  printf '%-14s %-22s %6s\n' "$name" "$status" "$((SECONDS - t0))s" >>"$SUMMARY"
+  tail -n "${TAIL_LINES:-25}" "$LOG_DIR/$name.log" || true
+  return 0
+}
+
+echo "# gpu_check: logs in $LOG_DIR"
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"; then
+  echo "gpu_check: no CUDA device visible to $PY (torch.cuda.is_available() is False); nothing to check" >&2
+  exit 2
+fi
+GPU_NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name())")
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv,noheader \
+    >"$LOG_DIR/gpu.txt" 2>&1 || true
+  cat "$LOG_DIR/gpu.txt"
+fi
+case "$GPU_NAME" in
+  *H200*) PEAK_DEFAULT=4800 ;;
+  *H100*PCIe*) PEAK_DEFAULT=2000 ;;
+  *H100*) PEAK_DEFAULT=3350 ;;
+  *A100*80GB*) PEAK_DEFAULT=2039 ;;
+  *A100*) PEAK_DEFAULT=1555 ;;
+  *) PEAK_DEFAULT=2000 ;;
+esac
+PEAK="${PEAK_GBS:-$PEAK_DEFAULT}"
+echo "# peak bandwidth used for %: ${PEAK} GB/s"
+
+TAIL_LINES=3 run_step env 60 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', \
+torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name())"
+if [ -z "${GPU_CHECK_SKIP_INSTALL:-}" ]; then
+  TAIL_LINES=3 run_step install 90 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+fi
+if ! "$PY" -c "import adaptor_peft.kernels" >/dev/null 2>&1; then
+  # kernels/ ships as adaptor_peft.kernels: mirror that layout with symlinks instead of installing.
+  SHIM="$LOG_DIR/shim/adaptor_peft"
+  mkdir -p "$SHIM"
+  for f in "$PWD"/adaptor_peft/*; do ln -sfn "$f" "$SHIM/$(basename "$f")"; done
+  ln -sfn "$PWD/kernels" "$SHIM/kernels"
+  export PYTHONPATH="$LOG_DIR/shim${PYTHONPATH:+:$PYTHONPATH}"
+  echo "# adaptor_peft not installed: using the symlink shim in $LOG_DIR/shim"
+fi
+# The conformance vectors live beside the repo (../shared); without them, skip those tests.
+KSEL=()
+if [ ! -d ../shared/conformance ]; then KSEL=(-k "not conformance"); fi
+
+# Kernel tests on CUDA (conftest leaves TRITON_INTERPRET unset when CUDA is present).
+TAIL_LINES=15 run_step triton_tests 150 "$PY" -m pytest -q -p no:cacheprovider -rfE --durations=5 \
+  ${KSEL[@]+"${KSEL[@]}"} tests/kernels/test_scan_triton.py tests/kernels/test_cross_scan_triton.py
+# Triton vs the sequential reference (fp64) at real shapes: forward error and gradient errors.
+TAIL_LINES=12 run_step correctness 75 "$PY" - <<'PYEOF'
+import math, torch
+from adaptor_peft.kernels.scan_ref import selective_scan_ref
+from adaptor_peft.kernels.scan_triton import selective_scan_triton
+import adaptor_peft.kernels.scan_triton as st
+
+def inputs(b, kd, L, n, dtype=torch.float32, g=4):
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(b, kd, L, generator=gen); d = 0.5 * torch.randn(b, kd, L, generator=gen)
+    A = -(torch.rand(kd, n, generator=gen) + 0.5) * torch.arange(1, n + 1)
+    B = torch.randn(b, g, n, L, generator=gen); C = torch.randn(b, g, n, L, generator=gen)
+    D = torch.randn(kd, generator=gen)
+    dt0 = torch.exp(torch.rand(kd, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    bias = dt0 + torch.log(-torch.expm1(-dt0))
+    return [t.cuda() for t in (u, d, A, B, C, D, bias)]
+
+print(f"{'shape (B,4D,L,N)':>22} {'native_rev':>10} {'fwd err/scale':>13} {'max grad rel':>12} {'worst':>6}")
+names = ("u", "delta", "A", "B", "C", "D", "bias")
+for (b, kd, L, n) in [(2, 768, 3136, 1), (1, 384, 3136, 16), (2, 192, 49, 16), (1, 96, 785, 1)]:
+    x = inputs(b, kd, L, n)
+    ref_in = [t.double().requires_grad_() for t in x]
+    yr, hr = selective_scan_ref(*ref_in, delta_softplus=True, return_states=True)
+    gy = torch.randn_like(yr); gh = torch.randn_like(hr) * 0.1
+    gr = torch.autograd.grad((yr * gy).sum() + (hr * gh).sum(), ref_in)
+    for native in (False, True):
+        st.NATIVE_REVERSE = native
+        leaves = [t.clone().requires_grad_() for t in x]
+        y, hs = selective_scan_triton(*leaves, delta_softplus=True, return_states=True)
+        fe = ((y.double() - yr).abs().max() / yr.abs().max().clamp_min(1)).item()
+        gt = torch.autograd.grad((y * gy).sum() + (hs * gh).sum(), leaves)
+        errs = [((a.double() - r).abs().max() / r.abs().max()).item() for a, r in zip(gt, gr)]
+        k = max(range(7), key=lambda i: errs[i])
+        ok = "OK" if fe < 1e-5 and max(errs) < 1e-4 else "BAD"
+        print(f"{str((b, kd, L, n)):>22} {str(native):>10} {fe:13.2e} {max(errs):12.2e} {names[k]:>6} {ok}", flush=True)
+PYEOF
+
+# Scan benchmark (benchmarks/scan.py): B=2 with every backend; B=64 with the GPU kernels only (the
+# torch path materialises (B, 4D, N, L) tensors, tens of GB at N=16).
+GPU_BACKENDS="triton"
+if "$PY" -c "import mamba_ssm.ops.selective_scan_interface" >/dev/null 2>&1; then GPU_BACKENDS="triton mamba_ssm"; fi
+# shellcheck disable=SC2086
+TAIL_LINES=40 run_step scan_bench_b2 100 "$PY" benchmarks/scan.py --device cuda --batch 2 --n 1 16 \
+  --ssm-ratio 2.0 --repeats 10 --peak-gbs "$PEAK" --backends torch $GPU_BACKENDS --json "$LOG_DIR/scan_b2.json"
+# shellcheck disable=SC2086
+TAIL_LINES=40 run_step scan_bench_b64 80 "$PY" benchmarks/scan.py --device cuda --batch 64 --n 1 16 \
+  --ssm-ratio 2.0 --repeats 10 --peak-gbs "$PEAK" --backends $GPU_BACKENDS --json "$LOG_DIR/scan_b64.json"
+
+TAIL_LINES=8 run_step cross_bench 40 "$PY" - <<'PYEOF'
+import torch
+from adaptor_peft.kernels.cross_scan_ref import cross_merge_ref, cross_scan_ref
+from adaptor_peft.kernels.cross_scan_triton import cross_merge_triton, cross_scan_triton
+
+def bench(fn, reps=50):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(reps):
+        fn()
+    e.record(); torch.cuda.synchronize()
+    return s.elapsed_time(e) / reps
+
+print(f"{'shape (B,D,H,W)':>20} {'op':>6} {'triton ms':>10} {'torch ms':>9} {'GB/s':>7} {'exact':>6}")
+for shape in [(64, 192, 56, 56), (64, 384, 28, 28), (64, 768, 14, 14)]:
+    x = torch.randn(*shape, device="cuda")
+    ys = torch.randn(shape[0], 4, *shape[1:], device="cuda")
+    nbytes = x.numel() * 4 * 5  # read 1x, write 4x (scan) / read 4x, write 1x (merge)
+    for op, tri, ref, arg in (("scan", cross_scan_triton, cross_scan_ref, x), ("merge", cross_merge_triton, cross_merge_ref, ys)):
+        tt, tr = bench(lambda: tri(arg)), bench(lambda: ref(arg))
+        print(f"{str(shape):>20} {op:>6} {tt:10.3f} {tr:9.3f} {nbytes / tt / 1e6:7.0f} {str(torch.equal(tri(arg), ref(arg))):>6}")
+PYEOF
+
+# The rest of tests/kernels (torch path, dispatch) last: useful, but not what needs the GPU.
+TAIL_LINES=8 run_step other_kernel_tests 60 "$PY" -m pytest -q -p no:cacheprovider -rfE ${KSEL[@]+"${KSEL[@]}"} tests/kernels \
+  --ignore=tests/kernels/test_scan_triton.py --ignore=tests/kernels/test_cross_scan_triton.py
+
+echo
+echo "# gpu_check summary ($GPU_NAME, peak ${PEAK} GB/s, total $((SECONDS - START))s; logs: $LOG_DIR)"
+printf '%-14s %-22s %6s\n' step status time
+cat "$SUMMARY"
+for f in correctness cross_bench; do
+  if [ -s "$LOG_DIR/$f.log" ]; then echo "--- $f"; grep -v '^$' "$LOG_DIR/$f.log" | tail -n 12; fi
+done
+for f in scan_bench_b2 scan_bench_b64; do
+  if [ -s "$LOG_DIR/$f.log" ]; then
+    echo "--- $f (all rows: $LOG_DIR/$f.log)"
+    grep -E '^ *B |^ *[0-9]+ ' "$LOG_DIR/$f.log" || true
+  fi
+done
+if grep -qE 'FAIL|TIMEOUT' "$SUMMARY"; then exit 1; fi
+exit 0
