@@ -1,1 +1,30 @@
-"""models."""
+"""VMamba models: the timm-registered family, checkpoint loading/conversion and the create_model entry point.
+
+Importing this package registers the VMamba variants with timm (`timm.create_model("vmamba_tiny_s1l8")`).
+"""
+
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    UntrustedCheckpointError,
+    convert_checkpoint,
+    load_checkpoint,
+    load_into_model,
+)
+from .factory import create_model, list_models, model_info
+from .vmamba import SS2D, VSSM, VSSBlock
+
+__all__ = [
+    "SS2D",
+    "VSSM",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "UntrustedCheckpointError",
+    "VSSBlock",
+    "convert_checkpoint",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "load_into_model",
+    "model_info",
+]

@@ -1,0 +1,304 @@
+"""Reading, normalising, validating and converting VMamba checkpoints.
+
+Official `.pth` files are torch pickles with the weights under `ckpt["model"]` (already the EMA weights for
+the EMA-trained releases, vmamba.md §3); some may also hold a yacs `CfgNode`, which `weights_only=True`
+refuses. We never unpickle arbitrary objects unless the caller says the file is trusted
+(`trust_pickle=True`), and offer a one-off conversion to safetensors (`adaptor-peft convert`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "LoadReport",
+    "UntrustedCheckpointError",
+    "convert_checkpoint",
+    "load_checkpoint",
+    "load_into_model",
+    "normalize_state_dict",
+    "read_safetensors_metadata",
+]
+
+# Envelopes tried in order. "model" first: the official releases keep their published (EMA) weights there.
+_ENVELOPE_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+_SHOWN = 10  # keys listed per category in a mismatch error
+
+# January-2024 names -> current names (vmamba.md §3; the official VSSM._load_from_state_dict does the same).
+_LEGACY_RENAMES = [
+    (re.compile(r"^patch_embed\.proj\."), "patch_embed.0."),
+    (re.compile(r"^patch_embed\.norm\."), "patch_embed.2."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.ln_1\."), r"\1.norm."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.self_attention\."), r"\1.op."),
+    (re.compile(r"^norm\."), "classifier.norm."),
+    (re.compile(r"^head\."), "classifier.head."),
+]
+# 1x1 layers stored as 2-D Linear weights; official files may hold them conv-style (out, in, 1, 1).
+_LINEAR_1X1 = re.compile(r"(\.in_proj|\.out_proj|\.fc1|\.fc2|\.downsample\.reduction)\.weight$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read or used."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's keys or shapes do not fit the model."""
+
+
+class UntrustedCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """A pickle checkpoint needs objects that `weights_only=True` refuses to load."""
+
+
+class LoadReport(NamedTuple):
+    """What a non-strict load skipped."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a .safetensors header ({} when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def _read_file(path: Path, trust_pickle: bool) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(
+                f"{path}: not a torch checkpoint or corrupt ({str(e).splitlines()[0]})"
+            ) from e
+        if not trust_pickle:
+            raise UntrustedCheckpointError(
+                f"{path}: this pickle holds objects other than tensors and plain containers (e.g. the yacs "
+                "config the official training script saves), so it was not loaded with weights_only=True. "
+                "If you trust the file, pass trust_pickle=True, or convert it once with "
+                f"`adaptor-peft convert {path} OUT.safetensors` (trusted) and use the safetensors file."
+            ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a torch checkpoint or corrupt ({str(e).splitlines()[0]})") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path}: could not be unpickled even as trusted ({e})") from e
+
+
+def _unwrap(obj: Any, source: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a state dict (a mapping), got {type(obj).__name__}")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    for key in _ENVELOPE_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping):
+            return _unwrap(inner, f"{source}[{key!r}]")
+    raise CheckpointError(
+        f"{source}: no state dict found; top-level keys {sorted(map(str, obj))[:12]} hold no tensors and"
+        f" none of {list(_ENVELOPE_KEYS)} is a state dict"
+    )
+
+
+def normalize_state_dict(
+    state_dict: Mapping[str, Any], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Unwrap, strip wrapper prefixes, rename legacy keys, and reshape 4-D 1x1 linear weights to 2-D."""
+    sd = _unwrap(state_dict, source)
+    # mmdet/mmseg checkpoints: keep only the backbone.
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        for pattern, repl in _LEGACY_RENAMES:
+            key = pattern.sub(repl, key)
+        if value.dim() == 4 and value.shape[2:] == (1, 1) and _LINEAR_1X1.search(key):
+            value = value.flatten(1)
+        if key in out:
+            raise CheckpointError(f"{source}: two entries map to the key {key!r} after renaming")
+        out[key] = value
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint (.safetensors, or .pth/.pt/.bin loaded weights_only) as a normalised state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return normalize_state_dict(_read_file(path, trust_pickle), source=str(path))
+
+
+def _model_name(model: nn.Module) -> str:
+    arch = getattr(model, "arch_name", None)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if arch is None and isinstance(cfg, Mapping):
+        arch = cfg.get("architecture")
+    return f"{type(model).__name__} ({arch})" if arch else type(model).__name__
+
+
+def load_into_model(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    source: str | os.PathLike | None = None,
+    allow_missing: Sequence[str] = (),
+) -> LoadReport:
+    """Load a normalised state dict; on any mismatch (strict) raise CheckpointMismatchError listing keys.
+
+    allow_missing: fnmatch patterns of model keys that may be absent (e.g. a dropped head).
+    Non-strict loads skip shape-mismatched entries too and report everything skipped.
+    """
+    source = str(source) if source is not None else "state dict"
+    expected = model.state_dict()
+    missing = [
+        k for k in expected if k not in state_dict and not any(fnmatch.fnmatch(k, p) for p in allow_missing)
+    ]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        (k, tuple(v.shape), tuple(expected[k].shape))
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if strict and (missing or unexpected or mismatched):
+        raise CheckpointMismatchError(_mismatch_message(model, source, missing, unexpected, mismatched))
+    bad = {k for k, _, _ in mismatched}
+    model.load_state_dict(
+        {k: v for k, v in state_dict.items() if k in expected and k not in bad}, strict=False
+    )
+    return LoadReport(missing, unexpected, mismatched)
+
+
+def _mismatch_message(
+    model: nn.Module,
+    source: str,
+    missing: list[str],
+    unexpected: list[str],
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+) -> str:
+    lines = [
+        f"checkpoint {source} does not fit {_model_name(model)}: {len(missing)} missing, "
+        f"{len(unexpected)} unexpected, {len(mismatched)} shape-mismatched keys"
+    ]
+    if missing:
+        lines.append(f"  missing (first {min(_SHOWN, len(missing))}): " + ", ".join(missing[:_SHOWN]))
+    if unexpected:
+        lines.append(
+            f"  unexpected (first {min(_SHOWN, len(unexpected))}): " + ", ".join(unexpected[:_SHOWN])
+        )
+    if mismatched:
+        shown = [f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched[:_SHOWN]]
+        lines.append(f"  shape mismatch (first {len(shown)}): " + "; ".join(shown))
+    if mismatched and all(k.startswith("classifier.head.") for k, _, _ in mismatched) and not missing:
+        lines.append("  hint: only the head differs; pass num_classes to drop the checkpoint head")
+    else:
+        lines.append("  hint: the checkpoint was probably made for another variant/config of the model")
+    return "\n".join(lines)
+
+
+def _config_from_yacs(cfg: Any) -> dict[str, Any] | None:
+    """VSSM kwargs from the official yacs config saved in training checkpoints (best effort)."""
+    try:
+        m, v = cfg.MODEL, cfg.MODEL.VSSM
+        return dict(
+            patch_size=v.PATCH_SIZE, in_chans=v.IN_CHANS, num_classes=m.NUM_CLASSES, depths=list(v.DEPTHS),
+            dims=v.EMBED_DIM, ssm_d_state=v.SSM_D_STATE, ssm_ratio=v.SSM_RATIO, ssm_dt_rank=v.SSM_DT_RANK,
+            ssm_act_layer=v.SSM_ACT_LAYER, ssm_conv=v.SSM_CONV, ssm_conv_bias=v.SSM_CONV_BIAS,
+            ssm_drop_rate=v.SSM_DROP_RATE, ssm_init=v.SSM_INIT, forward_type=v.SSM_FORWARDTYPE,
+            mlp_ratio=v.MLP_RATIO, mlp_act_layer=v.MLP_ACT_LAYER, mlp_drop_rate=v.MLP_DROP_RATE, gmlp=v.GMLP,
+            drop_path_rate=m.DROP_PATH_RATE, patch_norm=v.PATCH_NORM, norm_layer=v.NORM_LAYER,
+            downsample_version=v.DOWNSAMPLE, patchembed_version=v.PATCHEMBED, posembed=v.POSEMBED,
+            imgsize=cfg.DATA.IMG_SIZE,
+        )  # fmt: skip
+    except Exception:
+        return None
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    trust_pickle: bool = False,
+    config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Convert any supported checkpoint to a normalised .safetensors (atomic write; config in metadata).
+
+    The model config is taken from `config`, else from the source (safetensors metadata or the official
+    yacs config), else inferred by matching the keys and shapes against the registered released variants.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {src}")
+    raw = _read_file(src, trust_pickle)
+    state_dict = normalize_state_dict(raw, source=str(src))
+    arch = None
+    if config is None and src.suffix == ".safetensors":
+        meta = read_safetensors_metadata(src)
+        config = json.loads(meta["config"]) if "config" in meta else None
+        arch = meta.get("arch")
+    if config is None and isinstance(raw, Mapping) and "config" in raw:
+        config = _config_from_yacs(raw["config"])
+    if config is None:
+        from .factory import infer_variant
+
+        arch = infer_variant(state_dict)
+        if arch is not None:
+            from .vmamba import released_variant_args
+
+            config = released_variant_args(arch)
+            head = state_dict.get("classifier.head.weight")
+            if head is not None:
+                config["num_classes"] = int(head.shape[0])
+    metadata = {"format": "pt", "source_file": src.name}
+    if config is not None:
+        metadata["config"] = json.dumps(dict(config))
+    if arch:
+        metadata["arch"] = arch
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    _atomic_save_safetensors(tensors, dst, metadata)
+    return dst
+
+
+def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], dst: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,181 @@
+"""One entry point: build a VMamba model from a name, a config or a self-describing file; load weights."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from .checkpoint import load_checkpoint, load_into_model, read_safetensors_metadata
+from .vmamba import RELEASED_VARIANTS, VSSM, _cfg, released_variant_args
+
+__all__ = ["create_model", "infer_variant", "list_models", "model_info"]
+
+_HEAD_KEYS = ("classifier.head.weight", "classifier.head.bias")
+
+
+def list_models() -> list[str]:
+    """Names of the registered VMamba variants (the nine released classifiers and test_vmamba)."""
+    return [*RELEASED_VARIANTS, "test_vmamba"]
+
+
+def _valid_kwargs() -> list[str]:
+    return [p for p in inspect.signature(VSSM.__init__).parameters if p not in ("self", "kwargs")]
+
+
+def _check_config(config: Mapping[str, Any], where: str) -> None:
+    valid = _valid_kwargs()
+    for key in config:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{where}: unknown VSSM config key {key!r}{hint}; valid keys: {', '.join(valid)}"
+            )
+
+
+def _resolve(
+    name_or_config: str | os.PathLike | Mapping[str, Any],
+) -> tuple[str | None, dict[str, Any], Path | None]:
+    """-> (registered name or None, VSSM kwargs, file the config came from or None)."""
+    if isinstance(name_or_config, Mapping):
+        config = dict(name_or_config)
+        _check_config(config, "config")
+        return None, config, None
+    text = str(name_or_config)
+    if text in list_models():
+        return text, released_variant_args(text), None
+    path = Path(text)
+    if path.suffix == ".safetensors" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        meta = read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
+        if "config" not in meta:
+            raise ValueError(
+                f"{path}: has no 'config' metadata, so the model cannot be built from it; pass a model name "
+                f"(one of {list_models()}) and checkpoint={str(path)!r}"
+            )
+        try:
+            config = json.loads(meta["config"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: the 'config' metadata is not valid JSON ({e})") from e
+        _check_config(config, str(path))
+        arch = meta.get("arch")
+        return (arch if arch in list_models() else None), config, path
+    close = difflib.get_close_matches(text, list_models(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(
+        f"unknown model {text!r}{hint}; known models: {', '.join(list_models())}, or a config dict"
+    )
+
+
+def create_model(
+    name_or_config: str | os.PathLike | Mapping[str, Any],
+    checkpoint: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    **overrides: Any,
+) -> VSSM:
+    """Build a VMamba model and (optionally) load a checkpoint strictly.
+
+    name_or_config: a registered name (e.g. "vmamba_tiny_s1l8"), a dict of VSSM kwargs, or a .safetensors
+    file whose metadata holds "config" (its weights load too unless `checkpoint` is given).
+    num_classes: None keeps the checkpoint's head size (or the config's); a different size drops the
+    checkpoint head (with a warning) and leaves a fresh one.
+    """
+    arch, config, config_file = _resolve(name_or_config)
+    _check_config(overrides, "overrides")
+    if checkpoint is None and config_file is not None:
+        checkpoint = config_file
+    state_dict = load_checkpoint(checkpoint, trust_pickle=trust_pickle) if checkpoint is not None else None
+    ckpt_classes = None
+    if state_dict is not None and "classifier.head.weight" in state_dict:
+        ckpt_classes = int(state_dict["classifier.head.weight"].shape[0])
+    if num_classes is None:
+        num_classes = ckpt_classes if ckpt_classes is not None else config.get("num_classes", 1000)
+    kwargs = {**config, **overrides, "num_classes": num_classes}
+    if arch is not None:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    else:
+        model = VSSM(**kwargs)
+        model.arch_name = None
+        # Same data config as the registered variants, so timm.data.resolve_data_config works on it.
+        model.pretrained_cfg = model.default_cfg = _cfg(architecture="vssm", num_classes=num_classes)
+    if state_dict is not None:
+        allow: tuple[str, ...] = ()
+        if ckpt_classes is not None and ckpt_classes != num_classes:
+            warnings.warn(
+                f"{checkpoint}: its head has {ckpt_classes} classes and the model {num_classes};"
+                " the checkpoint head (classifier.head.*) was dropped and a freshly initialised head is used",
+                stacklevel=2,
+            )
+            state_dict = {k: v for k, v in state_dict.items() if k not in _HEAD_KEYS}
+            allow = ("classifier.head.*",)
+        elif ckpt_classes is None and num_classes > 0:
+            warnings.warn(
+                f"{checkpoint}: holds no classifier head; the head is freshly initialised", stacklevel=2
+            )
+            allow = ("classifier.head.*",)
+        load_into_model(model, state_dict, strict=True, source=checkpoint, allow_missing=allow)
+        model.checkpoint_path = str(checkpoint)
+    return model
+
+
+def _depths_from_keys(keys: Mapping[str, Any]) -> list[int]:
+    """Blocks per stage, read from `layers.{i}.blocks.{j}.` key names."""
+    depth: dict[int, int] = {}
+    for key in keys:
+        m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", key)
+        if m:
+            i, j = int(m.group(1)), int(m.group(2))
+            depth[i] = max(depth.get(i, 0), j + 1)
+    return [depth.get(i, 0) for i in range(max(depth) + 1)] if depth else []
+
+
+def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The registered released variant whose keys and shapes (head aside) equal the state dict's, if any."""
+    body = {k: tuple(v.shape) for k, v in state_dict.items() if k not in _HEAD_KEYS}
+    depths = _depths_from_keys(body)
+    for name in RELEASED_VARIANTS:
+        if list(RELEASED_VARIANTS[name]["args"]["depths"]) != depths:
+            continue  # cheap filter before building
+        with torch.device("meta"):
+            model = VSSM(**released_variant_args(name))
+        ref = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in _HEAD_KEYS}
+        if ref == body:
+            return name
+    return None
+
+
+def model_info(name_or_config: str | os.PathLike | Mapping[str, Any]) -> str:
+    """A short human summary of a model: parameters, layout and config (for `adaptor-peft info MODEL`)."""
+    arch, config, config_file = _resolve(name_or_config)
+    with torch.device("meta"):
+        model = VSSM(**config)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_head = sum(p.numel() for p in model.classifier.head.parameters())
+    title = arch or (str(config_file) if config_file else "VSSM (custom config)")
+    lines = [
+        f"{title}: VMamba, {n_params:,} parameters ({n_params - n_head:,} without the head), "
+        f"{len(model.state_dict())} state_dict entries",
+        f"  stages: depths {config.get('depths')}, dims {model.dims}, "
+        f"forward_type {config.get('forward_type')!r}, "
+        f"norm {config.get('norm_layer')!r} ({'channel-first' if model.channel_first else 'channel-last'})",
+        f"  ssm: d_state {config.get('ssm_d_state')}, ratio {config.get('ssm_ratio')}, "
+        f"dt_rank {config.get('ssm_dt_rank')}; mlp_ratio {config.get('mlp_ratio')}; "
+        f"num_classes {config.get('num_classes')}",
+    ]
+    if arch in RELEASED_VARIANTS:
+        v = RELEASED_VARIANTS[arch]
+        lines.append(f"  official checkpoint: {v['file']} (release {v['tag']}, {v['release_name']})")
+    lines.append("  config: " + json.dumps(config, sort_keys=True))
+    return "\n".join(lines)
