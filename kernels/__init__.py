@@ -1,29 +1,25 @@
-"""Selective-scan kernels: references (`*_ref`) beside the fast paths, and one dispatch."""
+"""Selective-scan kernels: references (`*_ref`) beside the fast paths, and one dispatch.
+
+`selective_scan`, `cross_scan` and `cross_merge` pick a backend ("torch", "triton", "ref") from
+their `backend` argument, the ADAPTOR_PEFT_SCAN environment variable, or the tensor's device.
+"""
 
 from .cross_scan_ref import cross_merge_ref, cross_scan_ref
+from .cross_scan_torch import cross_merge_torch, cross_scan_torch
+from .dispatch import available_backends, cross_merge, cross_scan, resolve_backend, selective_scan
 from .scan_ref import selective_scan_ref
-
-
-def selective_scan(*args, backend: str | None = None, **kwargs):  # noqa: ANN201, ANN002, ANN003
-    """Dispatch the selective scan (placeholder: reference only until the fast paths land)."""
-    return selective_scan_ref(*args, **kwargs)
-
-
-def cross_scan(x, channel_first: bool = True):  # noqa: ANN201, ANN001
-    """Dispatch the cross-scan (placeholder: reference only)."""
-    return cross_scan_ref(x, channel_first=channel_first)
-
-
-def cross_merge(ys):  # noqa: ANN201, ANN001
-    """Dispatch the cross-merge (placeholder: reference only)."""
-    return cross_merge_ref(ys)
-
+from .scan_torch import selective_scan_torch
 
 __all__ = [
+    "available_backends",
     "cross_merge",
     "cross_merge_ref",
+    "cross_merge_torch",
     "cross_scan",
     "cross_scan_ref",
+    "cross_scan_torch",
+    "resolve_backend",
     "selective_scan",
     "selective_scan_ref",
+    "selective_scan_torch",
 ]
