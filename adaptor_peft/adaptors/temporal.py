@@ -1,0 +1,170 @@
+"""Adaptor-T: memory retention on the selective scan's hidden states (paper_digest.md §3.4).
+
+After the scan (the recurrence is unchanged, so it stays parallel and may sample states ahead of
+i), each direction's hidden-state sequence h (D x N per token) is augmented per token i:
+
+    c      = softmax_K(phi_c(q_i))                (S heads x K points, sums to 1 over K)
+    p      = i + phi_p(q_i)    (relative)  or  (L-1) * sigmoid(phi_p(q_i))  (absolute)
+    m_i^s  = sum_k c_k^s * lerp(h^s, p_k^s)       (linear interpolation, zero outside [0, L-1])
+    h~_i   = h_i + gamma * concat_s(m_i^s)
+
+with q_i = h_i (flattened D*N, or its mean over N). The module returns the read-out of the extra
+memory, C . (gamma * m), shape (B, 4*D, L); the model adds it to y = C . h + D u (SS2D hook
+contract). Static selection replaces phi_p by learned (S, K) offsets shared by all tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from adaptor_peft.kernels.adaptor_t import PAD_BEFORE, readout_tokens, states_table
+
+from .config import MambaAdaptorConfig
+
+
+class DirectionLinear(nn.Module):
+    """A linear layer per scan direction (weight (G, out, in)); G = 1 shares it across directions."""
+
+    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(groups, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(groups, out_features))
+
+    def extra_repr(self) -> str:
+        """Shape summary for print(model)."""
+        g, o, i = self.weight.shape
+        return f"groups={g}, in_features={i}, out_features={o}"
+
+
+def spread_offsets(heads: int, points: int, spread: float) -> torch.Tensor:
+    """Initial relative offsets (S, K): head s, point k -> (-1)^(k+1) * (k//2 + 1) * (s + 1) * spread."""
+    k = torch.arange(points, dtype=torch.float32)
+    sign = torch.where(k % 2 == 0, -1.0, 1.0)
+    s = torch.arange(heads, dtype=torch.float32)[:, None]
+    return sign * (torch.div(k, 2, rounding_mode="floor") + 1) * (s + 1) * spread
+
+
+def spread_fractions_logit(heads: int, points: int) -> torch.Tensor:
+    """Initial absolute-mode logits (S, K): positions evenly spread over the sequence, heads interleaved."""
+    j = torch.arange(points)[None, :] * heads + torch.arange(heads)[:, None]
+    frac = (j.float() + 0.5) / (heads * points)
+    return torch.log(frac) - torch.log1p(-frac)
+
+
+class AdaptorT(nn.Module):
+    """Adaptor-T for one SS2D block; forward(hs, Cs, H, W) -> read-out correction (B, 4*D, L)."""
+
+    def __init__(
+        self, d_inner: int, d_state: int, config: MambaAdaptorConfig, num_directions: int = 4
+    ) -> None:
+        super().__init__()
+        if d_inner % config.num_heads:
+            raise ValueError(
+                f"MambaAdaptorConfig.num_heads={config.num_heads} does not divide d_inner={d_inner}"
+            )
+        self.d_inner, self.d_state, self.num_directions = d_inner, d_state, num_directions
+        self.heads, self.points = config.num_heads, config.num_points
+        self.relative = config.offset_mode == "relative"
+        self.dynamic = config.selection == "dynamic"
+        self.phi_input = config.phi_input
+        self.spread = float(config.offset_init_spread)
+        self.random_init = config.init == "random"
+        groups = 1 if config.share_across_directions else num_directions
+        in_features = d_inner * d_state if config.phi_input == "state" else d_inner
+        sk = self.heads * self.points
+        if self.dynamic:
+            self.phi_p = DirectionLinear(groups, in_features, sk)
+        else:
+            self.static_offsets = nn.Parameter(torch.zeros(groups, self.heads, self.points))
+        self.phi_c = DirectionLinear(groups, in_features, sk)
+        self.gamma = nn.Parameter(torch.zeros(groups, d_inner))
+        self.reset_parameters()
+
+    def _initial_offsets(self) -> torch.Tensor:
+        if self.relative:
+            return spread_offsets(self.heads, self.points, self.spread)
+        return spread_fractions_logit(self.heads, self.points)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Identity init (gamma = 0, zero phi weights, spread offsets) or random (gamma = 1, random phi)."""
+        init = self._initial_offsets()
+        if self.dynamic:
+            self.phi_p.weight.zero_()
+            self.phi_p.bias.copy_(init.reshape(1, -1).expand_as(self.phi_p.bias))
+        else:
+            self.static_offsets.copy_(init.expand_as(self.static_offsets))
+        self.phi_c.weight.zero_()
+        self.phi_c.bias.zero_()
+        self.gamma.zero_()
+        if self.random_init:
+            std = 1.0 / math.sqrt(self.phi_c.weight.shape[-1])
+            if self.dynamic:
+                nn.init.normal_(self.phi_p.weight, std=std)
+            else:
+                self.static_offsets.add_(torch.randn_like(self.static_offsets) * 0.5)
+            nn.init.normal_(self.phi_c.weight, std=std)
+            self.gamma.fill_(1.0)
+
+    def extra_repr(self) -> str:
+        """Config summary for print(model)."""
+        return (
+            f"d_inner={self.d_inner}, d_state={self.d_state}, heads={self.heads}, points={self.points}, "
+            f"offsets={'relative' if self.relative else 'absolute'}, "
+            f"selection={'dynamic' if self.dynamic else 'static'}"
+        )
+
+    def forward(self, hs: torch.Tensor, Cs: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """hs (B, G*D, N, L) scan states, Cs (B, G, N, L) -> C . (gamma * m), shape (B, G*D, L)."""
+        batch, channels, n, length = hs.shape
+        groups = Cs.shape[1]
+        if channels != groups * self.d_inner or n != self.d_state or length != H * W:
+            raise ValueError(
+                f"AdaptorT(d_inner={self.d_inner}, d_state={self.d_state}) got states {tuple(hs.shape)} "
+                f"and C {tuple(Cs.shape)} for a {H}x{W} grid"
+            )
+        heads, points, d_inner = self.heads, self.points, self.d_inner
+        # One channel-last copy of the states serves both the predictors (a plain GEMM over tokens)
+        # and the gather (rows of D/S contiguous features).
+        table = states_table(hs)  # (B, 1 + L + 2, G*D*N), zero rows around each sequence
+        rows = table.shape[1]
+        q = table.view(batch * rows, groups, d_inner * n)
+        if self.phi_input == "state_mean":
+            q = q.view(batch * rows, groups, d_inner, n).mean(-1)
+        if self.dynamic:  # one GEMM for both predictors
+            weight = torch.cat([self.phi_p.weight, self.phi_c.weight], dim=1)
+            bias = torch.cat([self.phi_p.bias, self.phi_c.bias], dim=1)
+        else:
+            weight, bias = self.phi_c.weight, self.phi_c.bias
+        # Predictor rows reordered point-major (row s*K + k -> k*S + s) and the GEMM written
+        # transposed, (rows, tokens): the softmax over K then runs on the outermost axis (far faster
+        # than over a size-K innermost one) and every later elementwise step is contiguous.
+        parts = weight.shape[1] // (heads * points)
+        weight = weight.view(-1, parts, heads, points, weight.shape[-1]).transpose(2, 3)
+        weight = weight.reshape(-1, parts * points * heads, weight.shape[-1]).to(q.dtype)
+        bias = bias.view(-1, parts, heads, points).transpose(2, 3).reshape(-1, parts * points * heads)
+        bias = bias.to(q.dtype)
+        # predictors on every table row (padding included: 3 rows per sequence, cheaper than a copy)
+        if weight.shape[0] == 1:  # shared across directions
+            pred = torch.addmm(bias[0, :, None], weight[0], q.reshape(-1, q.shape[-1]).t())
+        else:
+            pred = torch.stack(
+                [torch.addmm(bias[g, :, None], weight[g], q[:, g].t()) for g in range(groups)], -1
+            )
+        pred = pred.to(q.dtype).view(parts, points, heads, batch, rows, groups)  # fp32 under autocast too
+        tokens = slice(PAD_BEFORE, PAD_BEFORE + length)
+        coeffs = torch.softmax(pred[-1], dim=0)[:, :, :, tokens].permute(2, 3, 4, 1, 0)  # (B, L, G, S, K)
+        if self.dynamic:
+            raw = pred[0][:, :, :, tokens].permute(2, 3, 4, 1, 0)
+        else:
+            raw = (
+                self.static_offsets.to(q.dtype)
+                .expand(groups, heads, points)
+                .expand(batch, length, -1, -1, -1)
+            )
+        offsets = raw if self.relative else torch.sigmoid(raw) * (length - 1)
+        gamma = self.gamma.to(q.dtype).expand(groups, d_inner).reshape(-1)
+        return readout_tokens(table, offsets, coeffs, Cs.to(q.dtype), gamma, self.relative, n)

@@ -1,0 +1,130 @@
+"""Fast PyTorch path for the Adaptor-T read-out (same signature as `adaptor_t_readout_ref`).
+
+The gather + interpolation + weighted sum over K points is one `F.embedding_bag` call. The hidden
+states are laid out channel-last as a table of rows (b, token, head) x (D/S * N) features, with
+zero rows around each batch element's sequence; every output row (b, i, head) is a bag of 2K
+table rows (the two interpolation neighbours of each point) with per-sample weights c * (1 - frac)
+and c * frac. Positions are clamped to [-1, L] first, so every neighbour outside [0, L-1] lands on
+a zero row: zero padding without masks (and a zero gradient beyond the padding, where the sampled
+value is constant). The embedding_bag kernel sums contiguous D/S-vectors without materialising a
+K-times larger tensor, and its autograd gives the gradients to h and to the per-sample weights
+(hence to the positions through the interpolation slope, to the softmax weights and to C).
+
+For N = 1 the read-out through C is folded into the per-sample weights, so the only full-size
+passes are the transpose of h into the table, the bag sum and the gamma scale (in place when no
+gradient is needed). The result is a (B, G*D, L) view of a channel-last buffer; adding it to the
+scan output needs no extra copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .adaptor_t_ref import check_readout_shapes
+
+PAD_BEFORE, PAD_AFTER = 1, 2  # zero rows around each sequence: taps reach -1 .. L + 1
+
+
+def states_table(h: torch.Tensor) -> torch.Tensor:
+    """(B, G*D, N, L) -> zero-padded channel-last table (B, 1 + L + 2, G*D*N); token l is row l + 1."""
+    batch, channels, n, length = h.shape
+    table = h.new_empty(batch, PAD_BEFORE + length + PAD_AFTER, channels * n)
+    table[:, :PAD_BEFORE].zero_()
+    table[:, PAD_BEFORE + length :].zero_()
+    table[:, PAD_BEFORE : PAD_BEFORE + length].copy_(
+        h.permute(0, 3, 1, 2).reshape(batch, length, channels * n)
+    )
+    return table
+
+
+def adaptor_t_readout(
+    h: torch.Tensor,
+    offsets: torch.Tensor,
+    weights: torch.Tensor,
+    C: torch.Tensor,
+    gamma: torch.Tensor,
+    relative: bool = True,
+    table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Vectorized Adaptor-T read-out; h (B,G*D,N,L), offsets/weights (B,G*S,K,L), C (B,G,N,L) -> (B,G*D,L).
+
+    `table` may pass `states_table(h)` when the caller already made it (it is read instead of h).
+    """
+    batch, groups, d_inner, n, heads, points, length = check_readout_shapes(h, offsets, weights, C, gamma)
+    # (B, L, G, S, K) views of the (B, G*S, K, L) operands
+    pos = offsets.reshape(batch, groups, heads, points, length).permute(0, 4, 1, 2, 3)
+    wts = weights.reshape(batch, groups, heads, points, length).permute(0, 4, 1, 2, 3)
+    return readout_tokens(states_table(h) if table is None else table, pos, wts, C, gamma, relative, n)
+
+
+def readout_tokens(
+    table: torch.Tensor,
+    offsets: torch.Tensor,
+    weights: torch.Tensor,
+    C: torch.Tensor,
+    gamma: torch.Tensor,
+    relative: bool,
+    d_state: int,
+) -> torch.Tensor:
+    """The read-out on a `states_table`, with offsets/weights shaped (B, L, G, S, K) in any memory layout.
+
+    Elementwise steps run in the operands' own memory order (the Adaptor-T module passes them
+    point-major, where its softmax is fast); only the final bag tensors are written token-major.
+    """
+    batch, length, groups, heads, points = offsets.shape
+    n = d_state
+    gs = groups * heads
+    rows_per_seq = PAD_BEFORE + length + PAD_AFTER
+    d_inner = table.shape[-1] // (groups * n)
+    # Row (b, j, gs) of the bag table holds the states of head gs at padded position j.
+    flat = table.view(batch * rows_per_seq * gs, (d_inner // heads) * n)
+    dev = table.device
+
+    pos = offsets
+    if pos.dtype in (torch.float16, torch.bfloat16):  # positions up to L need more than 8-11 bits
+        pos = pos.float()
+    if relative:
+        pos = pos + torch.arange(length, device=dev, dtype=pos.dtype).view(1, length, 1, 1, 1)
+    pos = pos.clamp(-1.0, float(length))  # beyond this the sample is 0 (both neighbours are padding)
+    lo = torch.floor(pos)
+    frac = pos - lo  # d frac / d pos = 1: the gradient reaches the offsets through the lerp slope
+
+    # Bag indices (B, L, G, S, 2, K): the rows of (b, lo + 1, g, s) and of the next token.
+    first = (torch.arange(batch, device=dev) * rows_per_seq + PAD_BEFORE).view(batch, 1, 1, 1, 1) * gs
+    first = first + torch.arange(gs, device=dev).view(1, 1, groups, heads, 1)
+    index_dtype = torch.int32 if flat.shape[0] + gs < 2**31 else torch.int64
+    if flat.shape[0] < 2**24:  # float index arithmetic is exact here: one fused op
+        rows = torch.addcmul(
+            first.to(lo.dtype), lo.detach(), torch.tensor(float(gs), dtype=lo.dtype, device=dev)
+        )
+    else:
+        rows = lo.detach().long() * gs + first
+    indices = torch.empty(batch, length, groups, heads, 2, points, dtype=index_dtype, device=dev)
+    indices[:, :, :, :, 0].copy_(rows)  # cast and re-layout in one pass
+    torch.add(indices[:, :, :, :, 0], gs, out=indices[:, :, :, :, 1])
+
+    wts = weights
+    if n == 1:  # fold the read-out through C (one value per token and direction) into the weights
+        wts = wts * C[:, :, 0, :].transpose(1, 2)[:, :, :, None, None]
+    upper = wts * frac
+    # written token-major in one pass each (a stack would keep the operands' point-major layout)
+    values = torch.empty(batch, length, groups, heads, 2, points, dtype=flat.dtype, device=dev)
+    values[:, :, :, :, 0] = wts - upper
+    values[:, :, :, :, 1] = upper
+    bags = batch * length * gs
+    m = F.embedding_bag(
+        indices.view(bags, 2 * points), flat, per_sample_weights=values.view(bags, 2 * points), mode="sum"
+    )
+
+    if n == 1:
+        read = m.view(batch, length, groups * d_inner)
+        needs_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (table, offsets, weights, C, gamma)
+        )
+        if not needs_grad:  # inference: scale in place (one full-size buffer less to allocate)
+            return read.mul_(gamma).transpose(1, 2)
+    else:
+        m = m.view(batch, length, groups, d_inner, n)
+        read = (m * C.permute(0, 3, 1, 2)[:, :, :, None, :]).sum(-1).reshape(batch, length, groups * d_inner)
+    return read.transpose(1, 2) * gamma[:, None]

@@ -1,0 +1,144 @@
+"""AdaptorT module: fast path == reference through the module, static selection, sharing, shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from adaptor_peft.kernels.adaptor_t import PAD_BEFORE
+from adaptor_peft.kernels.adaptor_t_ref import adaptor_t_readout_ref
+
+import adaptor_peft.adaptors.temporal as temporal
+from adaptor_peft.adaptors import AdaptorT, MambaAdaptorConfig
+
+
+def _as_readout_args(table, offsets, weights, C):
+    """readout_tokens operands -> adaptor_t_readout operands (h, offsets, weights in (B, G*S, K, L))."""
+    batch, length, groups, heads, points = offsets.shape
+    n = C.shape[2]
+    tokens = table[:, PAD_BEFORE : PAD_BEFORE + length]
+    h = tokens.reshape(batch, length, -1, n).permute(0, 2, 3, 1)
+    to4 = lambda t: t.permute(0, 2, 3, 4, 1).reshape(batch, groups * heads, points, length)  # noqa: E731
+    return h, to4(offsets), to4(weights)
+
+
+def ref_tokens(table, offsets, weights, C, gamma, relative, d_state):
+    """The naive loop behind the module's token-layout entry point."""
+    h, off, w = _as_readout_args(table, offsets, weights, C)
+    return adaptor_t_readout_ref(h, off, w, C, gamma, relative)
+
+
+def _states(batch, d_inner, n, H, W, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hs = torch.randn(batch, 4 * d_inner, n, H * W, generator=g, dtype=torch.float64)
+    Cs = torch.randn(batch, 4, n, H * W, generator=g, dtype=torch.float64)
+    return hs, Cs
+
+
+def _module(d_inner, n, **kw):
+    torch.manual_seed(0)
+    return AdaptorT(d_inner, n, MambaAdaptorConfig(init="random", **kw)).double()
+
+
+@pytest.mark.parametrize(
+    ("n", "H", "W", "batch", "kw"),
+    [
+        (1, 3, 5, 2, {}),
+        (4, 5, 3, 1, {}),
+        (2, 4, 6, 2, {"share_across_directions": False, "offset_mode": "absolute"}),
+        (1, 2, 7, 1, {"selection": "static", "offset_init_spread": 2.5}),
+        (3, 3, 4, 2, {"selection": "static", "share_across_directions": False, "phi_input": "state_mean"}),
+    ],
+)
+def test_module_fast_path_equals_reference(monkeypatch, n, H, W, batch, kw):
+    module = _module(8, n, **kw)
+    hs, Cs = _states(batch, 8, n, H, W)
+    fast_in = [hs.clone().requires_grad_(), Cs.clone().requires_grad_()]
+    fast = module(*fast_in, H, W)
+    g_fast = torch.autograd.grad(fast.pow(2).sum(), [*fast_in, *module.parameters()])
+    monkeypatch.setattr(temporal, "readout_tokens", ref_tokens)
+    ref_in = [hs.clone().requires_grad_(), Cs.clone().requires_grad_()]
+    ref = module(*ref_in, H, W)
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), [*ref_in, *module.parameters()])
+    assert fast.shape == (batch, 32, H * W)
+    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-12)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    names = [n for n, _ in module.named_parameters()]
+    grads = dict(zip(names, g_fast[2:]))
+    offset_param = "phi_p.weight" if "phi_p.weight" in grads else "static_offsets"
+    assert grads[offset_param].abs().max() > 0 and grads["phi_c.weight"].abs().max() > 0
+
+
+def test_identity_init_returns_exact_zero_but_keeps_gradients():
+    module = AdaptorT(8, 1, MambaAdaptorConfig()).double()
+    hs, Cs = _states(2, 8, 1, 3, 4)
+    out = module(hs, Cs, 3, 4)
+    assert torch.equal(out, torch.zeros_like(out))
+    (g_gamma,) = torch.autograd.grad(out.sum(), [module.gamma])
+    assert g_gamma.abs().min() > 0  # gamma learns from step 0
+    assert module.phi_p.weight.abs().max() == 0 and module.phi_c.weight.abs().max() == 0
+    torch.testing.assert_close(
+        module.phi_p.bias[0], torch.tensor([-1.0, 1, -2, 2, -2, 2, -4, 4], dtype=torch.float64)
+    )
+
+
+def test_static_selection_offsets_do_not_depend_on_the_input(monkeypatch):
+    seen = []
+
+    def spy(table, offsets, weights, C, gamma, relative, d_state):
+        seen.append(_as_readout_args(table, offsets, weights, C)[1].detach().clone())
+        return ref_tokens(table, offsets, weights, C, gamma, relative, d_state)
+
+    monkeypatch.setattr(temporal, "readout_tokens", spy)
+    static, dynamic = _module(8, 1, selection="static"), _module(8, 1)
+    for module in (static, dynamic):
+        for seed in (0, 1):
+            module(*_states(1, 8, 1, 2, 3, seed=seed), 2, 3)
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[2], seen[3])
+    assert torch.equal(seen[0][..., 0], seen[0][..., 5])  # same offsets for every token
+
+
+def test_shared_equals_per_direction_with_tied_weights():
+    shared = _module(8, 2)
+    per_dir = _module(8, 2, share_across_directions=False)
+    with torch.no_grad():
+        for name, p in per_dir.named_parameters():
+            p.copy_(dict(shared.named_parameters())[name].expand_as(p))
+    hs, Cs = _states(2, 8, 2, 3, 3)
+    torch.testing.assert_close(shared(hs, Cs, 3, 3), per_dir(hs, Cs, 3, 3), atol=1e-12, rtol=0)
+
+
+def test_absolute_positions_stay_inside_the_sequence(monkeypatch):
+    seen = []
+
+    def spy(table, offsets, weights, C, gamma, relative, d_state):
+        seen.append((_as_readout_args(table, offsets, weights, C)[1], relative))
+        return ref_tokens(table, offsets, weights, C, gamma, relative, d_state)
+
+    monkeypatch.setattr(temporal, "readout_tokens", spy)
+    module = AdaptorT(8, 1, MambaAdaptorConfig(offset_mode="absolute", num_heads=2, num_points=2))
+    module(*[t.float() for t in _states(1, 8, 1, 3, 5)], 3, 5)
+    offsets, relative = seen[0]
+    assert not relative and offsets.min() > 0 and offsets.max() < 14
+    # identity init spreads the points evenly: fractions 1/8, 3/8, 5/8, 7/8 of L-1 (heads interleaved)
+    torch.testing.assert_close(offsets[0, :2, :, 0], torch.tensor([[1.75, 8.75], [5.25, 12.25]]))
+
+
+def test_wrong_state_shape_raises():
+    module = AdaptorT(8, 1, MambaAdaptorConfig())
+    hs, Cs = _states(1, 8, 1, 3, 4)
+    with pytest.raises(ValueError, match=r"AdaptorT\(d_inner=8, d_state=1\) got states"):
+        module(hs.float(), Cs.float(), 4, 4)
+    with pytest.raises(ValueError, match="num_heads=3 does not divide d_inner=8"):
+        AdaptorT(8, 1, MambaAdaptorConfig(num_heads=3))
+
+
+def test_bf16_autocast_keeps_positions_in_float32():
+    # positions i + offset up to L = 1600 need float32: in bf16 they would snap to multiples of 8
+    module = _module(8, 1).float()
+    hs, Cs = (t.float() for t in _states(1, 8, 1, 40, 40))
+    ref = module(hs, Cs, 40, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(hs, Cs, 40, 40)
+    assert out.dtype == torch.float32
+    assert (out - ref).norm() / ref.norm() < 0.05
