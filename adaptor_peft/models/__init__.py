@@ -3,6 +3,7 @@
 Importing this package registers the VMamba variants with timm (`timm.create_model("vmamba_tiny_s1l8")`).
 """
 
+from .backbone import VMambaBackbone
 from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -12,6 +13,7 @@ from .checkpoint import (
     load_into_model,
 )
 from .factory import create_model, list_models, model_info
+from .mamba_adaptor import MambaAdaptorNet  # registers mamba_adaptor_b1/b2 with timm
 from .vmamba import SS2D, VSSM, VSSBlock
 
 __all__ = [
@@ -19,7 +21,9 @@ __all__ = [
     "VSSM",
     "CheckpointError",
     "CheckpointMismatchError",
+    "MambaAdaptorNet",
     "UntrustedCheckpointError",
+    "VMambaBackbone",
     "VSSBlock",
     "convert_checkpoint",
     "create_model",

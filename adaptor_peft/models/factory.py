@@ -16,6 +16,7 @@ import timm
 import torch
 
 from .checkpoint import load_checkpoint, load_into_model, read_safetensors_metadata
+from .mamba_adaptor import MAMBA_ADAPTOR_VARIANTS, MambaAdaptorNet, mamba_adaptor_variant_args
 from .vmamba import RELEASED_VARIANTS, VSSM, _cfg, released_variant_args
 
 __all__ = ["create_model", "infer_variant", "list_models", "model_info"]
@@ -24,8 +25,19 @@ _HEAD_KEYS = ("classifier.head.weight", "classifier.head.bias")
 
 
 def list_models() -> list[str]:
-    """Names of the registered VMamba variants (the nine released classifiers and test_vmamba)."""
-    return [*RELEASED_VARIANTS, "test_vmamba"]
+    """Registered names: the nine released VMamba classifiers, test_vmamba and the Mamba-Adaptor backbones."""
+    return [*RELEASED_VARIANTS, "test_vmamba", *MAMBA_ADAPTOR_VARIANTS]
+
+
+def _variant_args(name: str) -> dict[str, Any]:
+    if name in MAMBA_ADAPTOR_VARIANTS:
+        return mamba_adaptor_variant_args(name)
+    return released_variant_args(name)
+
+
+def _build_meta(config: Mapping[str, Any]) -> VSSM:
+    with torch.device("meta"):
+        return MambaAdaptorNet(**config) if "adaptor" in config else VSSM(**config)
 
 
 def _valid_kwargs() -> list[str]:
@@ -53,7 +65,7 @@ def _resolve(
         return None, config, None
     text = str(name_or_config)
     if text in list_models():
-        return text, released_variant_args(text), None
+        return text, _variant_args(text), None
     path = Path(text)
     if path.suffix == ".safetensors" or path.is_file():
         if not path.is_file():
@@ -159,8 +171,7 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 def model_info(name_or_config: str | os.PathLike | Mapping[str, Any]) -> str:
     """A short human summary of a model: parameters, layout and config (for `adaptor-peft info MODEL`)."""
     arch, config, config_file = _resolve(name_or_config)
-    with torch.device("meta"):
-        model = VSSM(**config)
+    model = _build_meta(config)
     n_params = sum(p.numel() for p in model.parameters())
     n_head = sum(p.numel() for p in model.classifier.head.parameters())
     title = arch or (str(config_file) if config_file else "VSSM (custom config)")
