@@ -1,0 +1,264 @@
+"""Run a large-scale recipe (ImageNet, ADE20K UperNet, COCO Mask R-CNN) with Accelerate.
+
+    accelerate launch --config_file recipes/accelerate/multi_gpu_ddp.yaml -m adaptor_peft.dense.run \\
+        recipes/ade20k_upernet.yaml [--variant b1] [--set data.train=/data/ADE data.val=/data/ADE]
+
+The same script runs on one CPU (`python -m adaptor_peft.dense.run ...`), one GPU or many (DDP). The
+recipe's `data.batch_size` is global and split over the processes. Outputs in `output_dir`:
+metrics.jsonl (loss / lr per log step, evaluation results), model.safetensors (+ model_ema.safetensors),
+recipe.yaml (the resolved recipe). All writes are atomic. A minimal runner: no resume, evaluation at the
+end (and every `eval.interval` updates for dense tasks) on the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .recipe_dryrun import (
+    LargeRecipeError,
+    build_classification_transform,
+    build_ema,
+    build_mixup,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_segmentation_transform,
+    compute_loss,
+    load_large_recipe,
+)
+
+__all__ = ["apply_overrides", "run"]
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`section.key=value` strings (YAML values) onto a recipe dict, then re-validated."""
+    out = json.loads(json.dumps(recipe))
+    for text in overrides:
+        if "=" not in text:
+            raise LargeRecipeError(f"override {text!r} is not of the form section.key=value")
+        key, _, raw = text.partition("=")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise LargeRecipeError(f"override {text!r}: '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return load_large_recipe(out)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save_weights(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+
+
+def _loaders(r: dict[str, Any], per_process: int, img_size: int | None) -> tuple[Any, Any]:
+    from torch.utils.data import DataLoader
+
+    d, task = r["data"], r["task"]
+    workers = int(d.get("num_workers", 0))
+    if task == "classification":
+        from timm.data import create_dataset, create_transform
+
+        train = create_dataset("", root=d["train"], split="train", is_training=True)
+        train.transform = build_classification_transform(r, img_size)
+        val = None
+        if d.get("val"):
+            val = create_dataset("", root=d["val"], split="validation")
+            val.transform = create_transform(
+                img_size or d["img_size"],
+                crop_pct=d.get("crop_pct"),
+                interpolation=d.get("interpolation", "bicubic"),
+                mean=tuple(d.get("mean", (0.485, 0.456, 0.406))),
+                std=tuple(d.get("std", (0.229, 0.224, 0.225))),
+            )
+        collate = None
+    elif task == "segmentation":
+        from torchvision.transforms import v2
+
+        from .data import ADE20KDataset
+
+        kw = dict(reduce_zero_label=d.get("reduce_zero_label", True), ignore_index=d.get("ignore_index", 255))
+        train = ADE20KDataset(d["train"], "training", build_segmentation_transform(r, img_size), **kw)
+        norm = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(d["mean"], d["std"])])
+        val = (
+            ADE20KDataset(d["val"], "validation", lambda im, m: (norm(im), m), **kw) if d.get("val") else None
+        )
+        collate = None
+    else:
+        from .data import CocoInstances, detection_collate
+
+        train = CocoInstances(d["train"], d["ann_train"], hflip=(r.get("augment") or {}).get("hflip", 0.5))
+        val = CocoInstances(d["val"], d["ann_val"]) if d.get("val") and d.get("ann_val") else None
+        collate = detection_collate
+    loader = DataLoader(
+        train, per_process, shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate
+    )
+    val_loader = None
+    if val is not None:
+        batch = 1 if task == "segmentation" else per_process
+        val_loader = DataLoader(val, batch, shuffle=False, num_workers=workers, collate_fn=collate)
+    return loader, val_loader
+
+
+@torch.no_grad()
+def _evaluate(
+    r: dict[str, Any], model: torch.nn.Module, val_loader: Any, device: torch.device
+) -> dict[str, Any]:
+    task = r["task"]
+    if task == "classification":
+        model.eval()
+        correct = total = 0
+        for images, labels in val_loader:
+            pred = model(images.to(device)).argmax(-1).cpu()
+            correct += int((pred == labels).sum())
+            total += len(labels)
+        model.train()
+        return {"top1": 100.0 * correct / max(total, 1)}
+    if task == "segmentation":
+        from .segmentation import evaluate_segmentation
+
+        classes, ev = r["data"]["num_classes"], r.get("eval") or {}
+        ignore = r["data"].get("ignore_index", 255)
+        ss = evaluate_segmentation(model, val_loader, classes, (1.0,), False, ignore, device)
+        out = {"mIoU_ss": 100.0 * ss["mIoU"]}
+        if ev.get("scales"):
+            ms = evaluate_segmentation(
+                model, val_loader, classes, ev["scales"], ev.get("flip", True), ignore, device
+            )
+            out["mIoU_ms"] = 100.0 * ms["mIoU"]
+        return out
+    from .detection import evaluate_coco
+
+    ds = val_loader.dataset
+    return evaluate_coco(model, val_loader, ds.coco, label_to_category=ds.label_to_category, device=device)
+
+
+def run(
+    recipe: str | os.PathLike | dict[str, Any],
+    variant: str | None = None,
+    overrides: list[str] | None = None,
+    max_steps: int | None = None,
+    img_size: int | None = None,
+) -> dict[str, Any]:
+    """Train (and evaluate) a recipe; returns the last log record and the final evaluation."""
+    from accelerate import Accelerator
+
+    r = apply_overrides(load_large_recipe(recipe, variant), overrides or [])
+    use_cuda = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=r.get("mixed_precision", "no") if use_cuda else "no")
+    world = accelerator.num_processes
+    batch = r["data"]["batch_size"]
+    if batch % world:
+        raise LargeRecipeError(f"data.batch_size={batch} does not split over {world} processes")
+    out_dir = Path(r.get("output_dir") or f"runs/{r['name']}")
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(
+            out_dir / "recipe.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(r, sort_keys=False))
+        )
+    torch.manual_seed(0)
+    model = build_model(r, img_size=img_size)
+    if r.get("grad_checkpointing"):
+        for m in model.modules():  # VSSBlock recomputes itself in backward when the flag is set
+            if isinstance(getattr(m, "grad_checkpointing", None), bool):
+                m.grad_checkpointing = True
+    loader, val_loader = _loaders(r, batch // world, img_size)
+    optimizer = build_optimizer(model, r)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    upe = len(loader)
+    sched = build_scheduler(optimizer, r, upe=upe)
+    s = r["schedule"]
+    total = int(s["iterations"]) if "iterations" in s else int(math.ceil(s["epochs"] * upe))
+    if max_steps is not None:
+        total = min(total, max_steps)
+    mixup = build_mixup(r) if r["task"] == "classification" else None
+    ema = build_ema(accelerator.unwrap_model(model), r)
+    clip = r["optimizer"].get("clip_grad")
+    interval = (r.get("eval") or {}).get("interval")
+    log_path = out_dir / "metrics.jsonl"
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    record: dict[str, Any] = {}
+    model.train()
+    for step in range(total):
+        inputs, targets = next(batches)
+        with accelerator.autocast():
+            loss = compute_loss(r, model, inputs, targets, mixup)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{r['name']}: non-finite loss {loss.item()} at update {step}")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if clip:
+            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], float(clip))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        sched.step_update(num_updates=step + 1)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model), step=step)
+        record = {"update": step + 1, "loss": loss.item(), "lr": lr}
+        if accelerator.is_main_process:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        dense_eval = r["task"] != "classification" and interval and (step + 1) % int(interval) == 0
+        if dense_eval and val_loader is not None and accelerator.is_main_process and step + 1 < total:
+            scores = _evaluate(r, accelerator.unwrap_model(model), val_loader, accelerator.device)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps({"update": step + 1, "eval": scores}) + "\n")
+    accelerator.wait_for_everyone()
+    result: dict[str, Any] = {"last": record}
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        _save_weights(final, out_dir / "model.safetensors")
+        if ema is not None:
+            _save_weights(ema.module, out_dir / "model_ema.safetensors")
+        if val_loader is not None:
+            scores = _evaluate(r, ema.module if ema is not None else final, val_loader, accelerator.device)
+            result["eval"] = scores
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps({"update": total, "eval": scores}) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: RECIPE [--variant V] [--set key=value ...] [--max-steps N] [--img-size S]."""
+    parser = argparse.ArgumentParser(
+        prog="python -m adaptor_peft.dense.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("recipe")
+    parser.add_argument("--variant", default=None)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. data.train=/data/imagenet"
+    )
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--img-size", type=int, default=None)
+    args = parser.parse_args(argv)
+    result = run(args.recipe, args.variant, args.set, args.max_steps, args.img_size)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
