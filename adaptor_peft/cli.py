@@ -1,0 +1,248 @@
+"""The ``adaptor-peft`` command: train, eval, predict, quickstart, info, convert.
+
+Errors print one line ``error: ...`` and exit with status 1 (2 for usage errors); ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+EPILOG_TRAIN = """examples:
+  adaptor-peft train recipes/transfer.yaml train_data=my_images/ lr=3e-3 adaptor.num_points=8
+  adaptor-peft train runs/x/recipe.yaml resume=true
+  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m adaptor_peft.cli train recipes/quickstart.yaml
+  accelerate launch --config_file recipes/accelerate/multi_gpu_ddp.yaml -m adaptor_peft.cli train RECIPE"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+    ap = argparse.ArgumentParser(
+        prog="adaptor-peft",
+        description="Mamba-Adaptor: parameter-efficient fine-tuning of VMamba models.",
+        parents=[common],
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train from a YAML recipe with key=value overrides",
+        description="Train from a YAML recipe (path, or a bundled name such as 'quickstart').",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", help="recipe YAML file (or bundled recipe name)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides; dotted keys reach into mappings"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in output_dir")
+
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="evaluate a finished run on a dataset",
+        description="Evaluate a trained run (run directory or its recipe) on a dataset.",
+    )
+    p.add_argument("run", help="run directory (holds recipe.yaml and result.json) or the recipe file")
+    p.add_argument(
+        "--data", help="dataset (.npz, ImageFolder dir, datasets dir); default: the recipe's eval_data"
+    )
+    p.add_argument("--split", help="split name inside a datasets DatasetDict / npz (x_<split>)")
+    p.add_argument("--weights", help="trained file to load instead of the run's own (adaptor/head/model)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--json", action="store_true", help="print the full metrics as JSON")
+
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="top-k classes for images or a folder",
+        description="Predict the top-k classes of image files (folders are searched recursively).",
+    )
+    p.add_argument("run", help="run directory or its recipe file")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--weights", help="trained file to load instead of the run's own")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    p = sub.add_parser(
+        "quickstart",
+        parents=[common],
+        help="fine-tune Mamba-Adaptor on the shipped MNIST subset",
+        description="Fine-tune Mamba-Adaptor (frozen Fashion-MNIST VMamba base) on the shipped MNIST subset.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (e.g. max_steps=50)")
+    p.add_argument("--output", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument(
+        "--compare-linear-probe",
+        action="store_true",
+        help="also run the frozen-features linear probe with the same budget",
+    )
+
+    p = sub.add_parser(
+        "info",
+        parents=[common],
+        help="describe a model name or an adaptor/checkpoint file",
+        description="MODEL: architecture summary; FILE or DIR: header of an adaptor/checkpoint/peft dir.",
+    )
+    p.add_argument("target", help="a registered model name, a .safetensors/.pth file or a peft directory")
+    p.add_argument("--flops", action="store_true", help="also count FLOPs (model names only)")
+    p.add_argument("--img-size", type=int, default=224, help="input size for --flops")
+
+    p = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="convert an official .pth to safetensors",
+        description="Convert a checkpoint (.pth/.pt/.bin/.safetensors) to a normalised .safetensors.",
+    )
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow full unpickling (ONLY for files from a trusted source)",
+    )
+    return ap
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from adaptor_peft.train.recipes import load_recipe
+
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append("resume=true")
+    if args.overwrite:
+        overrides.append("overwrite=true")
+    recipe = load_recipe(args.recipe, overrides)  # recipe errors surface before torch is imported
+    _avoid_spin_waiting()
+    from adaptor_peft.train.trainer import train
+
+    result = train(recipe)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result: object) -> None:
+    fe = result.final_eval
+    acc = f", eval top-1 {fe['top1']:.2f}% top-5 {fe['top5']:.2f}%" if fe else ""
+    print(f"done: {result.steps} steps in {result.wall_time_s:.1f}s{acc}")
+    print(f"trained weights: {result.artefact} ({result.artefact.stat().st_size / 1024:.1f} KiB)")
+    if result.plot:
+        print(f"curves: {result.plot}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from adaptor_peft.train.inference import evaluate_dataset, load_trained
+
+    trained = load_trained(args.run, args.weights)
+    m = evaluate_dataset(trained, args.data, args.split, args.batch_size)
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    print(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}  ({m['count']} images)")
+    for name, acc in zip(trained.classes, m["per_class"]):
+        print(f"  {name:>12}: {'-' if acc is None else f'{acc:.1f}%'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from adaptor_peft.train.inference import image_files, load_trained, predict_files
+
+    trained = load_trained(args.run, args.weights)
+    for row in predict_files(trained, image_files(args.images), args.topk):
+        if args.json:
+            print(json.dumps(row))
+        else:
+            top = "  ".join(f"{c} {p:.3f}" for c, p in row["top"])
+            print(f"{row['file']}: {top}")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from adaptor_peft.train.quickstart import run_quickstart
+
+    run_quickstart(args.output, args.overrides, compare_linear_probe=args.compare_linear_probe)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    target = Path(args.target)
+    if target.exists():
+        from adaptor_peft.io import describe_file
+
+        print(describe_file(target))
+        return 0
+    from adaptor_peft.models import model_info
+
+    print(model_info(args.target))
+    if args.flops:
+        from adaptor_peft.flops import model_flops_summary
+
+        print(model_flops_summary(args.target, img_size=args.img_size))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from adaptor_peft.models import convert_checkpoint
+
+    dst = convert_checkpoint(args.src, args.dst, trust_pickle=args.trust_pickle)
+    print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "predict": _cmd_predict,
+    "quickstart": _cmd_quickstart,
+    "info": _cmd_info,
+    "convert": _cmd_convert,
+}
+
+
+def _avoid_spin_waiting() -> None:
+    """On an oversubscribed CPU use one intra-op thread (OpenMP spin-waiting makes 2 threads ~10x slower)."""
+    if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if not torch.cuda.is_available() and cores <= 4 and load > cores + 0.5 and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        print(
+            f"note: the CPU is busy (load {load:.1f} on {cores} cores): using 1 thread "
+            "(set OMP_NUM_THREADS to choose)",
+            file=sys.stderr,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``adaptor-peft`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in ("eval", "predict", "quickstart"):
+            _avoid_spin_waiting()
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

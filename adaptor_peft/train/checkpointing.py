@@ -1,0 +1,217 @@
+"""Resume checkpoints: trainable tensors + optimizer/scheduler/RNG state, written atomically.
+
+Layout (one folder per checkpoint; ``latest`` is written last and names the newest complete one)::
+
+    run_dir/checkpoints/step_00000100/trainable.safetensors   trainable parameters (+ buffers)
+                                      optimizer.pt, scheduler.pt  (loaded with weights_only=True)
+                                      rng_rank<r>.pt             per-process RNG states
+                                      state.json                 step, epoch, logging window
+                                      manifest.json              size + sha256 of every file above
+    run_dir/checkpoints/latest
+
+A checkpoint folder is assembled under a temporary name and renamed into place, so a killed run never
+leaves a half-written checkpoint under a final name; ``find_resumable`` verifies the manifest and falls
+back to the previous checkpoint when the newest is damaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .recipes import atomic_write_text
+
+CKPT_DIR = "checkpoints"
+LATEST = "latest"
+_PREFIX = "step_"
+
+
+class CheckpointError(RuntimeError):
+    """A resume checkpoint is missing, damaged, or does not fit the run."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as weights_only-loadable data."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state returned."""
+    version, keys, pos, has_gauss, cached = state["numpy"]
+    random.setstate(_tuplify(state["python"]))
+    np.random.set_state((version, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def checkpoint_name(step: int) -> str:
+    """Folder name of the checkpoint at ``step``."""
+    return f"{_PREFIX}{step:08d}"
+
+
+def save_checkpoint(
+    accelerator: Any,
+    run_dir: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write one complete checkpoint (collective: every process must call it)."""
+    root = Path(run_dir) / CKPT_DIR
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp_{checkpoint_name(step)}"
+    main = accelerator.is_main_process
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    rank = accelerator.process_index
+    (tmp / f"rng_rank{rank}.pt").write_bytes(_torch_bytes(rng_state()))
+    accelerator.wait_for_everyone()
+    if main:
+        (tmp / "trainable.safetensors").write_bytes(st_save(trainable))
+        (tmp / "optimizer.pt").write_bytes(_torch_bytes(optimizer.state_dict()))
+        (tmp / "scheduler.pt").write_bytes(_torch_bytes(scheduler.state_dict()))
+        (tmp / "state.json").write_text(
+            json.dumps({**state, "step": step, "world_size": accelerator.num_processes})
+        )
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {
+            name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in files
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if final.exists():  # the same step saved again (a resumed run ending where it resumed)
+            shutil.rmtree(final)
+        tmp.rename(final)
+        atomic_write_text(root / LATEST, final.name + "\n")
+        _prune(root, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+    for old in done[: max(0, len(done) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_checkpoint(folder: Path, world_size: int | None = None) -> None:
+    """Raise CheckpointError unless every file in the manifest is present with its size and hash."""
+    manifest_path = folder / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    for name, entry in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        if path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
+            raise CheckpointError(f"{path}: size or sha256 differs from the manifest (damaged file)")
+    for name in ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json"):
+        if name not in manifest:
+            raise CheckpointError(f"{folder}: manifest lacks {name}")
+    if world_size is not None:
+        saved = json.loads((folder / "state.json").read_text()).get("world_size")
+        if saved != world_size:
+            raise CheckpointError(
+                f"{folder}: saved by {saved} process(es), resumed with {world_size}; "
+                "resume with the same count"
+            )
+
+
+def find_resumable(run_dir: Path, world_size: int | None = None) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies (``latest`` first), and warnings for damaged ones skipped."""
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return None, []
+    candidates = sorted(
+        (p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)), reverse=True
+    )
+    latest = root / LATEST
+    if latest.is_file():
+        named = root / latest.read_text().strip()
+        if named in candidates:
+            candidates.remove(named)
+            candidates.insert(0, named)
+    warnings = []
+    for folder in candidates:
+        try:
+            verify_checkpoint(folder, world_size)
+            return folder, warnings
+        except CheckpointError as exc:
+            if "resume with the same count" in str(exc):
+                raise
+            warnings.append(f"skipping damaged checkpoint: {exc}")
+    return None, warnings
+
+
+def load_checkpoint_state(
+    accelerator: Any, folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any
+) -> dict[str, Any]:
+    """Restore trainable tensors, optimizer, scheduler and this process's RNG; return state.json."""
+    tensors = st_load((folder / "trainable.safetensors").read_bytes())
+    own = dict(model.named_parameters())
+    own.update(dict(model.named_buffers()))
+    missing = [k for k in tensors if k not in own]
+    if missing:
+        raise CheckpointError(f"{folder}/trainable.safetensors: tensors not in the model: {missing[:5]}")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if not trainable <= set(tensors):
+        raise CheckpointError(
+            f"{folder}: the checkpoint lacks trainable tensors {sorted(trainable - set(tensors))[:5]}"
+        )
+    with torch.no_grad():
+        for k, v in tensors.items():
+            if own[k].shape != v.shape:
+                raise CheckpointError(
+                    f"{folder}: '{k}' has shape {list(v.shape)}, the model {list(own[k].shape)}"
+                )
+            own[k].copy_(v)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
+    rng_file = folder / f"rng_rank{accelerator.process_index}.pt"
+    set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    return json.loads((folder / "state.json").read_text())

@@ -1,0 +1,407 @@
+"""Image classification data: ImageFolder dirs, ``.npz`` (x, y) files and ``datasets`` save_to_disk dirs.
+
+Every source becomes an ``ImageSource`` (raw images + integer labels + class names); a
+``TransformedDataset`` turns it into normalised 3-channel tensors of the recipe's size. Training
+augmentation is seeded per (seed, epoch, sample), so it does not depend on worker count, process
+count, prefetching or where a resumed run restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class DataError(ValueError):
+    """A dataset is missing, empty, unreadable, or has labels that do not fit the model."""
+
+
+class ImageSource(Dataset):
+    """Raw images with integer labels; ``__getitem__`` returns (PIL image or HxW[xC] uint8 array, label)."""
+
+    def __init__(self, labels: np.ndarray, classes: list[str], source: str) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = classes
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> Image.Image | np.ndarray:
+        """Return the raw image at ``index``."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.load(index), int(self.labels[index])
+
+    def check_labels(self, num_classes: int) -> None:
+        """Raise DataError naming the source and value when a label falls outside [0, num_classes)."""
+        if len(self.labels) == 0:
+            return
+        bad = np.flatnonzero((self.labels < 0) | (self.labels >= num_classes))
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(
+                f"{self.source}: label {int(self.labels[i])} at index {i} is outside the model head "
+                f"(num_classes={num_classes}); {bad.size} label(s) out of range"
+            )
+
+
+class ArraySource(ImageSource):
+    """Images held in memory as a (N, H, W), (N, H, W, C) or (N, C, H, W) array."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, classes: list[str] | None, source: str) -> None:
+        if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
+            x = x.transpose(0, 2, 3, 1)  # channel-first -> channel-last
+        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
+            raise DataError(
+                f"{source}: images must be (N,H,W), (N,H,W,C) or (N,C,H,W) with C in 1/3; got {x.shape}"
+            )
+        if x.dtype != np.uint8:
+            if np.issubdtype(x.dtype, np.floating) and x.size and float(np.nanmax(x)) <= 1.0:
+                x = x * 255.0
+            x = np.clip(np.nan_to_num(x), 0, 255).astype(np.uint8)
+        if x.ndim == 4 and x.shape[-1] == 1:
+            x = x[..., 0]
+        y = np.asarray(y).reshape(-1)
+        if len(x) != len(y):
+            raise DataError(f"{source}: {len(x)} images but {len(y)} labels")
+        if y.size and not np.issubdtype(y.dtype, np.integer):
+            if not np.all(np.mod(y, 1) == 0):
+                raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}")
+        labels = y.astype(np.int64)
+        n_cls = int(labels.max()) + 1 if labels.size else 0
+        super().__init__(labels, classes or [str(i) for i in range(n_cls)], source)
+        self.x = x
+
+    def load(self, index: int) -> np.ndarray:
+        """Return the uint8 array of image ``index``."""
+        return self.x[index]
+
+
+class FolderSource(ImageSource):
+    """An ImageFolder tree: ``root/<class name>/<image file>``."""
+
+    def __init__(self, root: Path, bad_images: str = "error") -> None:
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not classes:
+            raise DataError(f"{root}: no class sub-folders found (expected root/<class>/<image>)")
+        files, labels = [], []
+        for label, name in enumerate(classes):
+            for path in sorted((root / name).rglob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                    files.append(path)
+                    labels.append(label)
+        if bad_images == "skip":
+            keep = [i for i, p in enumerate(files) if _image_ok(p)]
+            skipped = len(files) - len(keep)
+            if skipped:
+                warnings.warn(f"{root}: skipped {skipped} unreadable image(s)", stacklevel=2)
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+        super().__init__(np.array(labels, dtype=np.int64), classes, str(root))
+        self.files = files
+
+    def load(self, index: int) -> Image.Image:
+        """Open image ``index`` (errors name the file)."""
+        path = self.files[index]
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return img.copy()
+        except Exception as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def _image_ok(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except Exception:
+        return False
+
+
+class HFDiskSource(ImageSource):
+    """A Hugging Face ``datasets`` dataset saved with ``save_to_disk`` (image + label columns)."""
+
+    def __init__(self, root: Path, split: str | None) -> None:
+        try:
+            import datasets  # lazy: an optional dependency
+        except ImportError:
+            raise DataError(
+                f"{root} is a Hugging Face datasets directory; reading it needs the 'datasets' package "
+                "(pip install datasets)"
+            ) from None
+        try:
+            ds = datasets.load_from_disk(str(root))
+        except Exception as exc:
+            raise DataError(f"{root}: cannot load the datasets directory: {exc}") from None
+        if isinstance(ds, datasets.DatasetDict):
+            names = list(ds.keys())
+            split = split or next((s for s in ("train", "test", "validation") if s in ds), names[0])
+            if split not in ds:
+                raise DataError(f"{root}: split '{split}' not found; available: {names}")
+            ds = ds[split]
+            where = f"{root}[{split}]"
+        else:
+            where = str(root)
+        features = ds.features
+        image_col = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+        image_col = image_col or next((c for c in ("image", "img", "pixel_values") if c in features), None)
+        label_col = next((c for c in ("label", "labels", "fine_label") if c in features), None)
+        if label_col is None:
+            label_col = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+        if image_col is None or label_col is None:
+            raise DataError(f"{where}: need an image column and a label column, found {list(features)}")
+        feature = features[label_col]
+        labels = np.asarray(ds[label_col], dtype=np.int64)
+        if isinstance(feature, datasets.ClassLabel):
+            classes = list(feature.names)
+        else:
+            classes = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
+        super().__init__(labels, classes, where)
+        self.ds, self.image_col = ds, image_col
+
+    def load(self, index: int) -> Image.Image | np.ndarray:
+        """Return image ``index`` as a PIL image (or array for array-valued columns)."""
+        value = self.ds[int(index)][self.image_col]
+        if isinstance(value, Image.Image):
+            return value
+        return np.asarray(value, dtype=np.uint8)
+
+
+class SubsetSource(ImageSource):
+    """A view of another source restricted to some indices."""
+
+    def __init__(self, base: ImageSource, indices: np.ndarray) -> None:
+        super().__init__(base.labels[indices], base.classes, base.source)
+        self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
+
+    def load(self, index: int) -> Any:
+        """Return the base image at the mapped index."""
+        return self.base.load(int(self.indices[index]))
+
+
+def open_source(path: str | os.PathLike, split: str | None = None, bad_images: str = "error") -> ImageSource:
+    """Open a dataset path: ``.npz`` file, ``save_to_disk`` dir or ImageFolder dir."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"dataset not found: {path}")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"{path}: unsupported dataset file (expected .npz with x and y arrays)")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                keys = list(npz.keys())
+                prefer = [f"x_{split}"] if split else []
+                xk = next((k for k in prefer + ["x", "images", "X"] if k in keys), None)
+                prefer = [f"y_{split}"] if split else []
+                yk = next((k for k in prefer + ["y", "labels", "Y"] if k in keys), None)
+                if xk is None or yk is None:
+                    raise DataError(f"{path}: expected arrays 'x' and 'y', found {keys}")
+                x, y = npz[xk], npz[yk]
+                classes = [str(c) for c in npz["classes"]] if "classes" in keys else None
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read the .npz file: {exc}") from None
+        source: ImageSource = ArraySource(x, y, classes, str(path))
+    elif any((path / marker).exists() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        source = HFDiskSource(path, split)
+    else:
+        source = FolderSource(path, bad_images=bad_images)
+    if len(source) == 0:
+        raise DataError(f"{path}: dataset is empty")
+    return source
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a class-balanced subset of size min(n, len(labels))."""
+    n = min(n, len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n:  # round-robin over classes, so small classes give all they have
+        for pool in pools:
+            if depth < len(pool) and len(picked) < n:
+                picked.append(int(pool[depth]))
+        depth += 1
+    return np.sort(np.array(picked, dtype=np.int64))
+
+
+def split_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, holdout) index split; the holdout holds ``fraction`` of each class."""
+    n_hold = max(1, int(round(len(labels) * fraction)))
+    hold = stratified_subset(labels, n_hold, seed + 7919)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[hold] = False
+    return np.flatnonzero(mask), hold
+
+
+# --- transforms ---------------------------------------------------------------------------------
+
+
+def fit_size(img: Image.Image, size: int, mode: str) -> Image.Image:
+    """Pad (centre, black) an image no larger than ``size`` to size x size, else resize to it."""
+    w, h = img.size
+    if mode == "pad" and w <= size and h <= size:
+        if (w, h) == (size, size):
+            return img
+        canvas = Image.new(img.mode, (size, size))
+        canvas.paste(img, ((size - w) // 2, (size - h) // 2))
+        return canvas
+    return img.resize((size, size), Image.BILINEAR)
+
+
+def to_rgb(img: Image.Image | np.ndarray) -> Image.Image:
+    """Convert a PIL image or uint8 array (gray or RGB) to an RGB PIL image (gray repeated)."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+class Preprocess:
+    """Raw image -> normalised (3, S, S) float tensor, with an optional timm training pipeline."""
+
+    def __init__(self, recipe: Any, train: bool) -> None:
+        self.size, self.mode = recipe.img_size, recipe.resize
+        self.mean = torch.tensor(recipe.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(recipe.std, dtype=torch.float32).view(3, 1, 1)
+        self.random = train and recipe.augment == "timm"
+        self.timm_tf = None
+        if self.random:
+            from timm.data import create_transform
+
+            self.timm_tf = create_transform(
+                input_size=recipe.img_size,
+                is_training=True,
+                scale=tuple(recipe.crop_scale),
+                hflip=recipe.hflip,
+                vflip=0.0,
+                color_jitter=None,
+                auto_augment=recipe.auto_augment,
+                re_prob=recipe.re_prob,
+                mean=tuple(recipe.mean),
+                std=tuple(recipe.std),
+            )
+
+    def __call__(self, raw: Image.Image | np.ndarray) -> torch.Tensor:
+        if self.timm_tf is not None:
+            return self.timm_tf(fit_size(to_rgb(raw), self.size, self.mode))
+        if (
+            isinstance(raw, np.ndarray)
+            and raw.ndim == 2
+            and self.mode == "pad"
+            and max(raw.shape) <= self.size
+        ):
+            return self._fast_gray(raw)  # the common case (MNIST-like arrays): no PIL round trip
+        img = fit_size(to_rgb(raw), self.size, self.mode)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        return (x - self.mean) / self.std
+
+    def _fast_gray(self, raw: np.ndarray) -> torch.Tensor:
+        h, w = raw.shape
+        x = torch.zeros(self.size, self.size)
+        top, left = (self.size - h) // 2, (self.size - w) // 2
+        x[top : top + h, left : left + w] = torch.from_numpy(raw).float() / 255.0
+        return (x.expand(3, -1, -1) - self.mean) / self.std
+
+
+class TransformedDataset(Dataset):
+    """Applies Preprocess to a source; random augmentation is seeded per (seed, epoch, index)."""
+
+    def __init__(self, source: ImageSource, preprocess: Preprocess, seed: int = 0) -> None:
+        self.source, self.preprocess, self.seed, self.epoch = source, preprocess, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        raw, label = self.source[index]
+        if not self.preprocess.random:
+            return self.preprocess(raw), label
+        sample_seed = (self.seed * 1_000_003 + self.epoch * 7_919 + int(index)) % (2**31)
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            try:
+                x = self.preprocess(raw)
+            finally:
+                random.setstate(py_state)
+        return x, label
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, truncated to whole optimizer steps, with a start offset.
+
+    The same permutation is produced in every process; accelerate then deals whole per-process
+    batches round-robin, so N processes x batch B see exactly the samples of 1 process x batch N*B.
+    """
+
+    def __init__(self, n: int, samples_per_step: int, seed: int, shuffle: bool = True) -> None:
+        if n < samples_per_step:
+            raise DataError(
+                f"the training set has {n} samples, fewer than one optimizer step needs "
+                f"({samples_per_step} = batch_size x grad_accum x processes)"
+            )
+        self.n, self.samples_per_step, self.seed, self.shuffle = n, samples_per_step, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch (the remainder is dropped)."""
+        return self.n // self.samples_per_step
+
+    def set_position(self, epoch: int, start_step: int = 0) -> None:
+        """Start the next iteration at ``start_step`` (optimizer steps) into ``epoch``."""
+        self.epoch, self.start = epoch, start_step * self.samples_per_step
+
+    def set_epoch(self, epoch: int) -> None:
+        """Accelerate/torch hook: select the permutation of ``epoch`` (keeps the start offset)."""
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):  # noqa: ANN204
+        order = self._order()[: self.steps_per_epoch * self.samples_per_step]
+        return iter(order[self.start :])
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.samples_per_step - self.start
+
+
+def describe(source: ImageSource) -> str:
+    """One-line summary: path, size, classes."""
+    counts = np.bincount(source.labels, minlength=len(source.classes))
+    return (
+        f"{source.source}: {len(source)} images, {len(source.classes)} classes "
+        f"(min/max per class {counts.min()}/{counts.max()})"
+    )
+
+
+def classes_json(classes: Sequence[str]) -> str:
+    """Class names as compact JSON (for file metadata)."""
+    return json.dumps(list(classes))

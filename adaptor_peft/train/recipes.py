@@ -1,0 +1,311 @@
+"""Training recipes: a validated dataclass loaded from YAML and overridden with ``key=value`` strings."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Recipe-path prefix for files shipped in the package (``asset:mnist_train.npz``).
+ASSET_PREFIX = "asset:"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+#: Where ``recipes/`` lives in a source checkout (recipes may be named without a path: ``quickstart``).
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class Recipe:
+    """Everything one training run needs; every field can be set in YAML or as ``key=value``."""
+
+    # --- model -------------------------------------------------------------------------------
+    model: Any = "test_vmamba"  # a timm/VMamba name or a VMamba config dict
+    checkpoint: str | None = None  # base weights (safetensors/.pth); ``asset:`` for shipped files
+    num_classes: int | None = None  # None: inferred from the training data
+    model_kwargs: dict = field(default_factory=dict)  # extra constructor overrides (drop_path_rate, ...)
+    reset_head: bool = False  # re-initialise the classifier head even when the checkpoint's fits (transfer)
+    method: str = "adaptor"  # see adaptor_peft.train.methods.METHODS
+    adaptor: dict = field(default_factory=dict)  # MambaAdaptorConfig fields for method=adaptor
+    # --- data --------------------------------------------------------------------------------
+    train_data: str | None = None  # ImageFolder dir, .npz (x, y) or a datasets save_to_disk dir
+    eval_data: str | None = None
+    train_split: str | None = None  # split name inside a datasets DatasetDict
+    eval_split: str | None = None
+    train_limit: int | None = None  # stratified subset of the training data (VTAB-1k style: 1000)
+    val_fraction: float = 0.0  # hold out this share of the training data when eval_data is not given
+    img_size: int = 32
+    resize: str = "pad"  # pad (centre, zeros) smaller images, resize larger; or "resize" always
+    mean: list = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    augment: str = "none"  # none | timm (timm create_transform training pipeline)
+    hflip: float = 0.0
+    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])
+    auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 (augment=timm)
+    re_prob: float = 0.0  # random erasing (augment=timm)
+    bad_images: str = "error"  # error | skip (unreadable images in an ImageFolder)
+    num_workers: int = 0
+    # --- optimisation ------------------------------------------------------------------------
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    batch_size: int = 64  # per process
+    eval_batch_size: int | None = None
+    grad_accum: int = 1
+    lr: float = 1e-3
+    head_lr: float | None = None  # a separate learning rate for the classifier head
+    base_lr: float | None = None  # a separate (smaller) learning rate for base weights (booster)
+    weight_decay: float = 0.05  # never applied to norms, biases and other 1-D parameters
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # of the total steps, used when warmup_steps is 0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak lr
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = 0
+    cpu: bool = False  # force the CPU even when a GPU is present
+    # --- run ---------------------------------------------------------------------------------
+    output_dir: str = "runs/train"
+    overwrite: bool = False
+    resume: bool = False
+    log_every: int = 10
+    eval_every: int | None = None  # steps; None = evaluate at the end only
+    eval_at_start: bool = False  # evaluate at step 0 (the "before" accuracy)
+    save_every: int | None = None  # checkpoint every N steps (and always at the end)
+    keep_checkpoints: int = 2
+    progress: bool = True
+    plot: bool = True
+    name: str | None = None
+
+    def validate(self) -> Recipe:
+        """Check value ranges and choices; return self."""
+        from .methods import METHODS
+
+        def bad(key: str, why: str) -> RecipeError:
+            return RecipeError(f"recipe key '{key}' = {getattr(self, key)!r}: {why}")
+
+        choices = {
+            "method": sorted(METHODS),
+            "resize": ["pad", "resize"],
+            "augment": ["none", "timm"],
+            "bad_images": ["error", "skip"],
+            "mixed_precision": ["no", "bf16", "fp16"],
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise bad(key, f"must be one of {allowed}")
+        positive = ["img_size", "batch_size", "grad_accum", "log_every", "keep_checkpoints"]
+        for key in positive + ["eval_every", "save_every", "max_steps", "eval_batch_size", "train_limit"]:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise bad(key, "must be >= 1")
+        if self.num_workers < 0:
+            raise bad("num_workers", "must be >= 0")
+        for key in ["lr", "weight_decay", "label_smoothing", "warmup_fraction", "min_lr_ratio", "epochs"]:
+            if getattr(self, key) < 0:
+                raise bad(key, "must be >= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise bad("val_fraction", "must be in [0, 1)")
+        if self.label_smoothing >= 1.0:
+            raise bad("label_smoothing", "must be < 1")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise bad("num_classes", "must be >= 1")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != 3:
+                raise bad(key, "must hold 3 values (one per RGB channel)")
+        if self.epochs == 0 and self.max_steps is None:
+            raise bad("epochs", "is 0 and max_steps is not set: nothing to train")
+        if not isinstance(self.model, str | dict):
+            raise bad("model", "must be a model name or a config mapping")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data copy (for YAML/JSON)."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the resolved recipe as YAML atomically."""
+        return atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def valid_keys() -> list[str]:
+    """All recipe keys, in declaration order."""
+    return [f.name for f in dataclasses.fields(Recipe)]
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> RecipeError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return RecipeError(f"unknown recipe key '{key}' ({where}){hint} valid keys: {', '.join(valid)}")
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(Recipe)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Recipe)}
+
+
+def _base_types(tp: Any) -> tuple[type, ...]:
+    if tp is Any:
+        return ()
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return tuple(t for t in typing.get_args(tp) if t is not type(None))
+    origin = typing.get_origin(tp)
+    return (origin or tp,)
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """Convert ``value`` to the declared type of recipe field ``key`` (ints to floats, '1e-3' to 1e-3)."""
+    tp = _field_types()[key]
+    if value is None:
+        if type(None) in typing.get_args(tp) or tp is Any:
+            return None
+        raise RecipeError(f"recipe key '{key}' ({where}) may not be null")
+    allowed = _base_types(tp)
+    if not allowed or isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
+        return value
+    try:
+        if float in allowed and isinstance(value, int | str) and not isinstance(value, bool):
+            return float(value)
+        if int in allowed and isinstance(value, str):
+            return int(value)
+        if bool in allowed and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        if str in allowed and isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        if list in allowed and isinstance(value, tuple):
+            return list(value)
+    except ValueError:
+        pass
+    names = " or ".join(t.__name__ for t in allowed)
+    raise RecipeError(f"recipe key '{key}' ({where}) must be {names}, got {value!r}")
+
+
+def _parse_value(text: str) -> Any:
+    """YAML-parse one override value ('8' -> 8, '[1,2]' -> list, 'null' -> None)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str] | dict[str, Any], where: str) -> dict:
+    """Apply ``key=value`` strings (dotted keys reach into mapping fields) to a recipe dict."""
+    valid = valid_keys()
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for text in overrides:
+            if "=" not in text:
+                raise RecipeError(f"override {text!r} is not of the form key=value")
+            key, _, raw = text.partition("=")
+            items.append((key.strip(), _parse_value(raw.strip())))
+    out = dict(values)
+    for key, value in items:
+        top, _, sub = key.partition(".")
+        if top not in valid:
+            raise _unknown_key_error(top, valid, where)
+        if sub:
+            current = out.get(top)
+            if current is None:
+                current = {}
+            if not isinstance(current, dict):
+                raise RecipeError(f"recipe key '{top}' is not a mapping; cannot set '{key}' ({where})")
+            current = dict(current)
+            _set_dotted(current, sub, value)
+            out[top] = current
+        else:
+            out[top] = value
+    return out
+
+
+def _set_dotted(target: dict, dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        child = dict(target.get(head) or {})
+        _set_dotted(child, rest, value)
+        target[head] = child
+    else:
+        target[head] = value
+
+
+def resolve_recipe_path(name: str | os.PathLike) -> Path:
+    """Find a recipe by path, or by bare name in the bundled ``recipes/`` folder (``quickstart``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"recipe file not found: {name}")
+
+
+def load_recipe(
+    source: str | os.PathLike | dict | None = None, overrides: list[str] | dict | None = None
+) -> Recipe:
+    """Build a validated Recipe from a YAML file (or a dict) plus ``key=value`` overrides."""
+    if source is None:
+        data: dict = {}
+        where = "defaults"
+    elif isinstance(source, dict):
+        data, where = dict(source), "dict"
+    else:
+        path = resolve_recipe_path(source)
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    valid = valid_keys()
+    for key in data:
+        if key not in valid:
+            raise _unknown_key_error(str(key), valid, where)
+    data = apply_overrides(data, overrides or [], "command line")
+    kwargs = {key: _coerce(key, value, where) for key, value in data.items()}
+    return Recipe(**kwargs).validate()
+
+
+def resolve_path(path: str | os.PathLike | None) -> Path | None:
+    """Expand the ``asset:`` prefix to the package's assets folder; other paths are returned as is."""
+    if path is None:
+        return None
+    text = str(path)
+    if text.startswith(ASSET_PREFIX):
+        return ASSETS_DIR / text[len(ASSET_PREFIX) :]
+    return Path(text).expanduser()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes to ``path`` through a temp file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text atomically (see atomic_write_bytes)."""
+    return atomic_write_bytes(path, text.encode())

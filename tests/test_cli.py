@@ -1,0 +1,187 @@
+"""The adaptor-peft command: every subcommand on tiny data, --help, one-line errors, the console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from adaptor_peft.cli import main
+from adaptor_peft.train.toy import TINY_VMAMBA, toy_images, write_toy_npz
+
+SUBCOMMANDS = ["train", "eval", "predict", "quickstart", "info", "convert"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: avoid OpenMP spin-waiting on a busy machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    train = write_toy_npz(root / "train.npz", 32, num_classes=4, size=12, seed=0)
+    evald = write_toy_npz(root / "eval.npz", 16, num_classes=4, size=12, seed=1)
+    recipe = root / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            dict(model=TINY_VMAMBA, method="adaptor", adaptor={"num_heads": 2, "num_points": 2},
+                 train_data=str(train), eval_data=str(evald), img_size=16, batch_size=8, max_steps=2,
+                 log_every=1, progress=False, output_dir=str(root / "run"))
+        )
+    )  # fmt: skip
+    assert main(["train", str(recipe), "lr=0.02"]) == 0
+    return root, recipe
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_of_every_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: adaptor-peft {command}") and "--debug" in out
+
+
+def test_train(trained_run, capsys):
+    root, _ = trained_run
+    run = root / "run"
+    assert json.loads((run / "result.json").read_text())["steps"] == 2
+    assert load_lr(run) == 0.02
+    assert (run / "adaptor.safetensors").is_file() and (run / "curves.png").is_file()
+
+
+def load_lr(run):
+    return yaml.safe_load((run / "recipe.yaml").read_text())["lr"]
+
+
+def test_train_refuses_finished_run_with_one_line_error(trained_run, capsys):
+    _, recipe = trained_run
+    assert main(["train", str(recipe)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "already holds a finished run" in err and "\n" not in err
+
+
+def test_eval(trained_run, capsys):
+    root, _ = trained_run
+    assert main(["eval", str(root / "run"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    final = json.loads((root / "run" / "final_eval.json").read_text())
+    assert metrics["count"] == 16 and metrics["confusion"] == final["confusion"]
+    assert metrics["top1"] == pytest.approx(final["top1"])
+    assert main(["eval", str(root / "run"), "--data", str(root / "train.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "(32 images)" in out and out.startswith("top-1 ")
+
+
+def test_predict(trained_run, tmp_path, capsys):
+    root, _ = trained_run
+    x, _ = toy_images(3, num_classes=4, size=12, seed=5)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(x):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    assert main(["predict", str(root / "run"), str(folder), "--topk", "2", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["file"]).name for r in rows] == ["0.png", "1.png", "2.png"]
+    for r in rows:
+        assert len(r["top"]) == 2 and r["top"][0][1] >= r["top"][1][1]
+        assert {c for c, _ in r["top"]} <= {"0", "1", "2", "3"}
+    assert main(["predict", str(root / "run"), str(folder / "missing.png")]) == 1
+    assert "error: image not found:" in capsys.readouterr().err
+
+
+def test_quickstart_on_tiny_base(tmp_path, capsys):
+    from adaptor_peft.models import create_model
+    from adaptor_peft.train.methods import get_method
+
+    base = tmp_path / "tiny_base.safetensors"
+    get_method("full").save(create_model(dict(TINY_VMAMBA, num_classes=10)), base, {})
+    out = tmp_path / "qs"
+    small_eval = write_toy_npz(tmp_path / "eval.npz", 16, num_classes=4, size=28, seed=2)
+    args = ["quickstart", "--output", str(out), f"model={base}", "max_steps=2", "batch_size=16",
+            "train_limit=64", f"eval_data={small_eval}", "eval_every=null", "save_every=null",
+            "--compare-linear-probe"]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    before = "accuracy before (frozen base + fresh linear head, 0 steps):"
+    needles = [before, "accuracy after  (2 steps", "trainable:", "linear probe, same budget:",
+               f"adaptor file: {out / 'adaptor.safetensors'}", f"plot: {out / 'curves.png'}"]  # fmt: skip
+    for needle in needles:
+        assert needle in text
+    assert (out / "linear_probe" / "head.safetensors").is_file()
+
+
+def test_info_model_and_file(trained_run, capsys):
+    root, _ = trained_run
+    assert main(["info", "test_vmamba"]) == 0
+    assert "test_vmamba: VMamba" in capsys.readouterr().out
+    assert main(["info", str(root / "run" / "adaptor.safetensors")]) == 0
+    assert "adaptor.safetensors" in capsys.readouterr().out
+    assert main(["info", "no_such_model"]) == 1
+    assert capsys.readouterr().err.startswith("error: unknown model 'no_such_model'")
+
+
+def test_info_flops_matches_counter(capsys):
+    from adaptor_peft.flops import count_flops
+    from adaptor_peft.models import create_model
+
+    assert main(["info", "test_vmamba", "--flops", "--img-size", "64"]) == 0
+    out = capsys.readouterr().out
+    with torch.device("meta"):
+        model = create_model("test_vmamba")
+    report = count_flops(model, img_size=64)
+    assert f"FLOPs {report.flops:,} " in out, out
+    assert f"params {report.params:,} " in out, out
+
+
+def test_convert(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from adaptor_peft.models import create_model
+
+    sd = create_model("test_vmamba").state_dict()
+    torch.save({"model": sd}, tmp_path / "ckpt.pth")
+    assert main(["convert", str(tmp_path / "ckpt.pth"), str(tmp_path / "out.safetensors")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    loaded = load_file(str(tmp_path / "out.safetensors"))
+    assert sorted(loaded) == sorted(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
+    assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "x.safetensors")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: checkpoint file not found: {tmp_path / 'missing.pth'}"
+
+
+def test_debug_shows_traceback():
+    with pytest.raises(FileNotFoundError, match="recipe file not found: nope.yaml"):
+        main(["train", "nope.yaml", "--debug"])
+
+
+def test_console_script_exit_code_and_one_line_error(tmp_path):
+    script = Path(sys.executable).parent / "adaptor-peft"
+    assert script.is_file(), "console script not installed (pip install -e .)"
+    cmd = [str(script), "train", str(tmp_path / "nope.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: recipe file not found: {tmp_path / 'nope.yaml'}"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_shipped_checkpoint_builds():
+    from adaptor_peft.models import create_model
+    from adaptor_peft.train.recipes import ASSETS_DIR
+
+    model = create_model(ASSETS_DIR / "vmamba_fmnist_d32.safetensors")
+    assert model.dims == [32, 64, 128, 256] and model.num_classes == 10
+    assert np.isclose(sum(p.numel() for p in model.parameters()), 1_684_106)
+    assert (ASSETS_DIR / "FASHION_MNIST_LICENSE.txt").is_file() and (
+        ASSETS_DIR / "MNIST_LICENSE.txt"
+    ).is_file()

@@ -1,0 +1,91 @@
+"""Recipes: YAML loading, key=value overrides, validation errors (valid keys + closest match)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adaptor_peft.train.recipes import Recipe, RecipeError, load_recipe, valid_keys
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_unknown_key_lists_valid_keys_and_closest_match(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("lr: 0.01\nbatch_sise: 8\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    msg = str(info.value)
+    assert "unknown recipe key 'batch_sise'" in msg
+    assert "did you mean 'batch_size'?" in msg
+    assert str(path) in msg
+    for key in ("lr", "batch_size", "train_data", "method"):
+        assert key in msg.split("valid keys:")[1]
+
+
+def test_unknown_override_key_names_command_line():
+    with pytest.raises(
+        RecipeError, match=r"unknown recipe key 'warmup_step' \(command line\); did you mean 'warmup_steps'"
+    ):
+        load_recipe(None, ["warmup_step=3"])
+
+
+def test_override_types_are_coerced():
+    r = load_recipe(
+        None,
+        [
+            "lr=1e-3",
+            "batch_size=16",
+            "clip_grad=null",
+            "mean=[0.1,0.2,0.3]",
+            "resume=yes",
+            "adaptor.num_points=8",
+            "adaptor.dilations=[1,2]",
+            "model_kwargs.drop_path_rate=0.1",
+        ],
+    )
+    assert r.lr == pytest.approx(1e-3) and isinstance(r.lr, float)
+    assert r.batch_size == 16 and r.clip_grad is None and r.resume is True
+    assert r.mean == [0.1, 0.2, 0.3]
+    assert r.adaptor == {"num_points": 8, "dilations": [1, 2]}
+    assert r.model_kwargs == {"drop_path_rate": 0.1}
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(RecipeError, match=r"recipe key 'batch_size' .* must be int, got 'abc'"):
+        load_recipe(None, ["batch_size=abc"])
+    with pytest.raises(RecipeError, match=r"'method' = 'lora2'.*must be one of"):
+        load_recipe(None, ["method=lora2"])
+    with pytest.raises(RecipeError, match=r"'grad_accum' = 0: must be >= 1"):
+        load_recipe(None, ["grad_accum=0"])
+    with pytest.raises(RecipeError, match="not of the form key=value"):
+        load_recipe(None, ["lr"])
+
+
+def test_unknown_adaptor_key_lists_fields():
+    from adaptor_peft.train.methods import adaptor_config
+
+    with pytest.raises(
+        RecipeError, match=r"unknown adaptor key 'adaptor.num_point'; did you mean 'adaptor.num_points'"
+    ):
+        adaptor_config(load_recipe(None, ["adaptor.num_point=3"]))
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    r = load_recipe(None, ["lr=0.02", "adaptor.num_heads=4", "model={dims: 8, depths: [1,1,1,1]}"])
+    r.save(tmp_path / "x.yaml")
+    assert load_recipe(tmp_path / "x.yaml") == r
+
+
+@pytest.mark.parametrize("name", ["quickstart", "pretrain_fashion_mnist", "transfer", "booster"])
+def test_shipped_recipes_load(name):
+    r = load_recipe(REPO / "recipes" / f"{name}.yaml")
+    assert isinstance(r, Recipe)
+    assert set(r.to_dict()) == set(valid_keys())
+
+
+def test_quickstart_recipe_copy_matches_package_asset():
+    assert (REPO / "recipes/quickstart.yaml").read_text() == (
+        REPO / "adaptor_peft/assets/quickstart.yaml"
+    ).read_text()

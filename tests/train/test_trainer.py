@@ -1,0 +1,215 @@
+"""The Accelerate trainer on a tiny VMamba: DDP == 1 process, resume == uninterrupted, accumulation,
+bf16, logs, plot, safety checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+
+import pytest
+import torch
+from PIL import Image
+
+from adaptor_peft.train import trainer as trainer_mod
+from adaptor_peft.train.recipes import load_recipe
+from adaptor_peft.train.toy import TINY_VMAMBA, write_toy_npz
+from adaptor_peft.train.trainer import NonFiniteLossError, RunDirError, final_tensors, train
+
+TIME_KEYS = {"samples_per_s", "time_s"}
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    return write_toy_npz(root / "train.npz", 48, num_classes=4, size=12, seed=0), write_toy_npz(
+        root / "eval.npz", 24, num_classes=4, size=12, seed=1
+    )
+
+
+def recipe(toy_data, out, **over):
+    base = dict(
+        model=TINY_VMAMBA, method="adaptor", adaptor={"num_heads": 2, "num_points": 2, "dilations": [1, 2]},
+        train_data=str(toy_data[0]), eval_data=str(toy_data[1]), img_size=16, batch_size=8, max_steps=6,
+        lr=0.01, warmup_steps=2, weight_decay=0.01, log_every=2, progress=False, plot=False, seed=0,
+        output_dir=str(out),
+    )  # fmt: skip
+    base.update(over)
+    return load_recipe(base)
+
+
+def assert_same_tensors(a, b, atol=1e-6):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=k)
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def strip_time(rs):
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rs]
+
+
+@pytest.fixture(scope="module")
+def reference_run(toy_data, tmp_path_factory):
+    """batch 8, 6 steps, single process: the reference the other runs must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    result = train(recipe(toy_data, out, eval_every=3, save_every=2, plot=True))
+    return out, result
+
+
+def test_reference_run_outputs(reference_run):
+    out, result = reference_run
+    assert result.steps == 6
+    # one JSONL row per logging step (2, 4, 6), eval rows at 3 and the end
+    assert [r["step"] for r in rows(out / "metrics.jsonl")] == [2, 4, 6]
+    assert [r["step"] for r in rows(out / "eval.jsonl")] == [3, 6]
+    for r in rows(out / "metrics.jsonl"):
+        assert math.isfinite(r["loss"]) and r["samples"] == 16 and r["lr"] >= 0
+    with Image.open(out / "curves.png") as img:
+        assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 100
+    saved = load_recipe(out / "recipe.yaml")
+    assert saved.max_steps == 6 and saved.model == TINY_VMAMBA
+    summary = json.loads((out / "result.json").read_text())
+    assert (
+        summary["steps"] == 6 and summary["num_classes"] == 4 and summary["artefact"] == "adaptor.safetensors"
+    )
+    fe = json.loads((out / "final_eval.json").read_text())
+    assert fe["count"] == 24 and sum(map(sum, fe["confusion"])) == 24
+    assert (out / "adaptor.safetensors").is_file()
+    # only trainable tensors in resume checkpoints, the 2 newest kept, latest written
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["latest", "step_00000004", "step_00000006"]
+    tensors = final_tensors(out)
+    assert tensors and all(".adaptor_" in k or k.startswith("classifier.head.") for k in tensors)
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".tmp_*"))
+
+
+def test_resume_after_kill_equals_uninterrupted(toy_data, reference_run, tmp_path, monkeypatch):
+    ref_out, _ = reference_run
+    out = tmp_path / "run"
+    real_save = trainer_mod.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(accelerator, run_dir, step, *args, **kwargs):
+        path = real_save(accelerator, run_dir, step, *args, **kwargs)
+        if step == 4:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(recipe(toy_data, out, eval_every=3, save_every=2))
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    with pytest.raises(RunDirError, match="unfinished run; pass resume=true"):
+        train(recipe(toy_data, out, eval_every=3, save_every=2))
+    result = train(recipe(toy_data, out, eval_every=3, save_every=2, resume=True))
+    assert result.steps == 6
+    assert_same_tensors(final_tensors(out), final_tensors(ref_out), atol=0)
+    assert strip_time(rows(out / "metrics.jsonl")) == strip_time(rows(ref_out / "metrics.jsonl"))
+    assert rows(out / "eval.jsonl") == rows(ref_out / "eval.jsonl")
+
+
+def test_grad_accumulation_equals_large_batch(toy_data, reference_run, tmp_path):
+    ref_out, _ = reference_run
+    out = tmp_path / "accum"
+    train(recipe(toy_data, out, batch_size=4, grad_accum=2))
+    assert_same_tensors(final_tensors(out), final_tensors(ref_out), atol=2e-6)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(toy_data, out, port):
+    import os
+
+    from accelerate.state import AcceleratorState
+
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked: drop the parent's 1-process state
+    result = train(recipe(toy_data, out, batch_size=4))
+    assert result.steps == 6
+
+
+def test_two_process_ddp_equals_single_process(toy_data, reference_run, tmp_path):
+    from accelerate import debug_launcher
+
+    ref_out, _ = reference_run
+    out = tmp_path / "ddp"
+    debug_launcher(_ddp_worker, args=(toy_data, out, _free_port()), num_processes=2)
+    assert json.loads((out / "result.json").read_text())["num_processes"] == 2
+    assert_same_tensors(final_tensors(out), final_tensors(ref_out), atol=2e-6)
+    # the loss logged is the mean over both processes' batches, as in the 1-process run
+    for a, b in zip(rows(out / "metrics.jsonl"), rows(ref_out / "metrics.jsonl")):
+        assert a["step"] == b["step"] and a["samples"] == b["samples"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_bf16_mixed_precision_on_cpu(toy_data, tmp_path):
+    result = train(recipe(toy_data, tmp_path / "bf16", mixed_precision="bf16", max_steps=4))
+    losses = [r["loss"] for r in rows(tmp_path / "bf16" / "metrics.jsonl")]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert math.isfinite(result.final_eval["loss"])
+
+
+def test_non_finite_loss_stops_with_step_number(toy_data, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    calls = {"n": 0}
+
+    class FakeF:
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+        @staticmethod
+        def cross_entropy(logits, labels, **kw):
+            calls["n"] += 1
+            loss = F.cross_entropy(logits, labels, **kw)
+            return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer_mod, "F", FakeF())
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss \\(nan\\) at optimizer step 3"):
+        train(recipe(toy_data, out, eval_data=None, save_every=1))
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert ckpts == ["step_00000001", "step_00000002"]
+    assert not (out / "result.json").exists()
+
+
+def test_finished_run_is_not_overwritten(toy_data, tmp_path):
+    out = tmp_path / "done"
+    train(recipe(toy_data, out, max_steps=2, eval_data=None))
+    before = (out / "adaptor.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match=f"{out} already holds a finished run; pass overwrite=true"):
+        train(recipe(toy_data, out, max_steps=2, eval_data=None))
+    assert (out / "adaptor.safetensors").read_bytes() == before
+    result = train(recipe(toy_data, out, max_steps=2, eval_data=None, overwrite=True, lr=0.02))
+    assert result.steps == 2 and (out / "adaptor.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize("method", ["linear_probe", "full"])
+def test_methods_train_what_they_claim(toy_data, tmp_path, method):
+    result = train(recipe(toy_data, tmp_path / method, method=method, max_steps=2, eval_data=None))
+    names = set(final_tensors(tmp_path / method))
+    if method == "linear_probe":
+        assert names == {"classifier.head.weight", "classifier.head.bias"}
+        assert result.trainable_params == 64 * 4 + 4
+    else:
+        assert result.trainable_params == result.total_params and len(names) > 20
+
+
+def test_label_outside_head_is_reported(toy_data, tmp_path):
+    from adaptor_peft.train.data import DataError
+
+    with pytest.raises(
+        DataError, match=rf"{toy_data[0]}: label 3 at index \d+ is outside the model head \(num_classes=3\)"
+    ):
+        train(recipe(toy_data, tmp_path / "x", num_classes=3))
