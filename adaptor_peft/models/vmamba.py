@@ -26,6 +26,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from adaptor_peft import kernels as _kernels
+from adaptor_peft.validation import check_model_input
 
 from .checkpoint import normalize_state_dict
 
@@ -653,6 +654,10 @@ class VSSM(nn.Module):
         self.patch_size = patch_size
         self.global_pool = global_pool
         self.grad_checkpointing = False
+        # Input checks (adaptor_peft.validation), opt-in: zero-pad H/W up to the patch multiple instead of
+        # failing, and fail fast on NaN/Inf inputs (costs an isfinite pass and a sync per forward).
+        self.pad_to_patch = False
+        self.check_finite = False
 
         # JSON-safe resolved config (used by adaptor files / info to describe the base model).
         self.model_config: dict[str, Any] = dict(
@@ -819,6 +824,7 @@ class VSSM(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled, un-normed final map (B, C, H, W) channel-first or (B, H, W, C) channel-last."""
+        x = check_model_input(self, x)
         x = self._embed(x)
         for layer in self.layers:
             x = layer(x)
