@@ -107,6 +107,28 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     accelerator.wait_for_everyone()
+    try:
+        _write_checkpoint(accelerator, root, tmp, final, step, trainable, optimizer, scheduler, state, keep)
+    except BaseException:
+        if main:  # a failed write (disk full, read-only dir) leaves no partial folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_checkpoint(
+    accelerator: Any,
+    root: Path,
+    tmp: Path,
+    final: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int,
+) -> None:
+    main = accelerator.is_main_process
     rank = accelerator.process_index
     (tmp / f"rng_rank{rank}.pt").write_bytes(_torch_bytes(rng_state()))
     accelerator.wait_for_everyone()
@@ -128,7 +150,25 @@ def save_checkpoint(
         atomic_write_text(root / LATEST, final.name + "\n")
         _prune(root, keep)
     accelerator.wait_for_everyone()
-    return final
+
+
+def sweep_temp_files(run_dir: Path) -> list[Path]:
+    """Remove what a killed or failed save left: ``.tmp_step_*`` folders and ``.*.tmp`` atomic-write files.
+
+    Call on the main process only, before training starts (no save is in flight then).
+    """
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.is_dir() and entry.name.startswith(f".tmp_{_PREFIX}"):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+            elif entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpointing import CKPT_DIR, find_resumable, load_checkpoint_state, save_checkpoint
+from .checkpointing import (
+    CKPT_DIR,
+    find_resumable,
+    load_checkpoint_state,
+    save_checkpoint,
+    sweep_temp_files,
+)
 from .data import (
     DataError,
     EpochSampler,
@@ -281,6 +287,7 @@ def train(
     if main:
         prepare_run_dir(run_dir, recipe)
         run_dir.mkdir(parents=True, exist_ok=True)
+        sweep_temp_files(run_dir)  # leftovers of a killed save (no save is in flight now)
     accelerator.wait_for_everyone()
 
     from accelerate.utils import set_seed
@@ -346,7 +353,8 @@ def train(
             time_offset = float(saved.get("elapsed_s", 0.0))
             if main:
                 metrics_log.truncate_after(step)
-                eval_log.truncate_after(step)
+                # a run resumed at its last step re-runs the final evaluation: drop the old row
+                eval_log.truncate_after(step - 1 if step >= total_steps else step)
             accelerator.print(f"resumed from {folder} at step {step}/{total_steps}")
     if main:
         recipe.save(run_dir / RECIPE_FILE)
@@ -418,6 +426,9 @@ def train(
     model.train()
     while step < total_steps:
         epoch, start = divmod(step, steps_per_epoch)
+        # The epoch is the trainer's state: accelerate's loader calls set_epoch(its own iteration
+        # counter, 0 after a restart) on the sampler and dataset when iterated, so set that counter first.
+        train_dl.set_epoch(epoch)
         sampler.set_position(epoch, start)
         train_ds.set_epoch(epoch)
         for images, labels in train_dl:
@@ -437,6 +448,13 @@ def train(
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(trainable_params, clip)
+                    # NaN/Inf gradients with a finite loss: stop before the step poisons the weights
+                    # (under fp16 the grad scaler skips such steps itself)
+                    if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
+                        raise NonFiniteLossError(
+                            f"non-finite gradient norm ({float(grad_norm)}) at optimizer step {step + 1}; "
+                            f"the last complete checkpoint in {run_dir / CKPT_DIR} is kept"
+                        )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             correct = float((logits.detach().argmax(1) == labels).sum())

@@ -127,24 +127,40 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(toy_data, out, port):
-    import os
+# Launched from a fresh interpreter: debug_launcher forks, and forking this pytest process after it has
+# used an OpenMP thread pool can deadlock the children (stuck in gomp_team_barrier_wait_end).
+_DDP_LAUNCH = """
+import os, sys, torch
+from accelerate import debug_launcher
 
-    from accelerate.state import AcceleratorState
-
-    os.environ["MASTER_PORT"] = str(port)
+def worker(recipe_file, port):
+    os.environ["MASTER_PORT"] = port
     torch.set_num_threads(1)
-    AcceleratorState._reset_state(reset_partial_state=True)  # forked: drop the parent's 1-process state
-    result = train(recipe(toy_data, out, batch_size=4))
-    assert result.steps == 6
+    from adaptor_peft.train.trainer import train
+    assert train(recipe_file).steps == 6
+
+debug_launcher(worker, args=(sys.argv[1], sys.argv[2]), num_processes=2)
+"""
 
 
 def test_two_process_ddp_equals_single_process(toy_data, reference_run, tmp_path):
-    from accelerate import debug_launcher
+    import os
+    import subprocess
+    import sys
 
     ref_out, _ = reference_run
     out = tmp_path / "ddp"
-    debug_launcher(_ddp_worker, args=(toy_data, out, _free_port()), num_processes=2)
+    recipe_file = tmp_path / "ddp.yaml"
+    recipe(toy_data, out, batch_size=4).save(recipe_file)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _DDP_LAUNCH, str(recipe_file), str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert json.loads((out / "result.json").read_text())["num_processes"] == 2
     assert_same_tensors(final_tensors(out), final_tensors(ref_out), atol=2e-6)
     # the loss logged is the mean over both processes' batches, as in the 1-process run

@@ -1,0 +1,98 @@
+"""Helpers of the reliability suite: a tiny recipe, run comparisons, run-dir hygiene checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from adaptor_peft.train.checkpointing import CKPT_DIR, verify_checkpoint
+from adaptor_peft.train.recipes import Recipe, load_recipe
+from adaptor_peft.train.toy import TINY_VMAMBA
+
+TIME_KEYS = {"samples_per_s", "time_s"}
+#: What a run directory may hold (besides checkpoints/step_* folders); anything else is a leftover.
+RUN_FILES = {
+    "metrics.jsonl", "eval.jsonl", "recipe.yaml", "result.json", "final_eval.json", "curves.png",
+    "adaptor.safetensors", "head.safetensors", "model.safetensors", CKPT_DIR,
+}  # fmt: skip
+CKPT_FILES = {
+    "trainable.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "state.json",
+    "manifest.json",
+    "rng_rank0.pt",
+}
+
+
+def recipe_dict(toy_data, out: Path, **over) -> dict:
+    """The tiny adaptor run used throughout (16x16 input, batch 8, a checkpoint every step)."""
+    base = dict(
+        model=TINY_VMAMBA, method="adaptor", adaptor={"num_heads": 2, "num_points": 2, "dilations": [1, 2]},
+        train_data=str(toy_data[0]), eval_data=str(toy_data[1]), img_size=16, batch_size=8, max_steps=6,
+        lr=0.01, warmup_steps=2, weight_decay=0.01, log_every=2, eval_every=3, save_every=1,
+        keep_checkpoints=3, progress=False, plot=False, seed=0, output_dir=str(out),
+    )  # fmt: skip
+    base.update(over)
+    return base
+
+
+def make_recipe(toy_data, out: Path, **over) -> Recipe:
+    """recipe_dict as a validated Recipe."""
+    return load_recipe(recipe_dict(toy_data, out, **over))
+
+
+def rows(path: Path) -> list[dict]:
+    """JSONL rows without the wall-clock fields."""
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIME_KEYS}
+        for line in path.read_text().splitlines()
+    ]
+
+
+def assert_same_run(out: Path, ref: Path) -> None:
+    """Same final trainable tensors (bit-exact), adaptor file tensors, logs and final metrics."""
+    from safetensors.torch import load_file
+
+    from adaptor_peft.train.trainer import final_tensors
+
+    a, b = final_tensors(out), final_tensors(ref)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+    fa, fb = load_file(str(out / "adaptor.safetensors")), load_file(str(ref / "adaptor.safetensors"))
+    assert sorted(fa) == sorted(fb)
+    for k in fa:
+        torch.testing.assert_close(fa[k], fb[k], atol=0, rtol=0, msg=k)
+    assert rows(out / "metrics.jsonl") == rows(ref / "metrics.jsonl")
+    assert rows(out / "eval.jsonl") == rows(ref / "eval.jsonl")
+    assert json.loads((out / "final_eval.json").read_text()) == json.loads(
+        (ref / "final_eval.json").read_text()
+    )
+
+
+def assert_clean_run_dir(run_dir: Path) -> list[str]:
+    """No temp/partial files anywhere in the run dir, and every checkpoint folder is complete."""
+    listing = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    leftovers = [
+        name for name in listing
+        if Path(name).name.endswith(".tmp") or Path(name).name.startswith((".tmp", "tmp"))
+    ]  # fmt: skip
+    assert not leftovers, f"temp/partial files left in {run_dir}: {leftovers}"
+    unknown = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES]
+    assert not unknown, f"unexpected entries in {run_dir}: {unknown} (all: {listing})"
+    ckpt_root = run_dir / CKPT_DIR
+    if ckpt_root.is_dir():
+        for entry in ckpt_root.iterdir():
+            if entry.name == "latest":
+                assert (ckpt_root / entry.read_text().strip()).is_dir(), (
+                    f"latest names a missing folder: {entry}"
+                )
+                continue
+            assert entry.name.startswith("step_") and entry.is_dir(), f"unexpected {entry} in {ckpt_root}"
+            assert {p.name for p in entry.iterdir()} == CKPT_FILES, f"{entry}: {sorted(os.listdir(entry))}"
+            verify_checkpoint(entry)
+    return listing
