@@ -202,3 +202,7 @@ register_method(Method("full", _prepare_full, _save_full, _load_full, "model.saf
 def artefact_path(run_dir: str | os.PathLike, method: str) -> Path:
     """Where a run of ``method`` stores its final artefact."""
     return Path(run_dir) / get_method(method).artefact
+
+
+# The baselines (LoRA, partial tuning, adaptor variants) register themselves into METHODS.
+from adaptor_peft import baselines as _baselines  # noqa: E402,F401

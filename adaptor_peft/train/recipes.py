@@ -37,6 +37,7 @@ class Recipe:
     reset_head: bool = False  # re-initialise the classifier head even when the checkpoint's fits (transfer)
     method: str = "adaptor"  # see adaptor_peft.train.methods.METHODS
     adaptor: dict = field(default_factory=dict)  # MambaAdaptorConfig fields for method=adaptor
+    method_options: dict = field(default_factory=dict)  # baseline options, e.g. LoRA {r, alpha, targets}
     # --- data --------------------------------------------------------------------------------
     train_data: str | None = None  # ImageFolder dir, .npz (x, y) or a datasets save_to_disk dir
     eval_data: str | None = None

@@ -1,0 +1,557 @@
+"""Transfer benchmark: Mamba-Adaptor against full fine-tuning, linear probing, LoRA and MambaPEFT baselines.
+
+Base: the shipped Fashion-MNIST VMamba (``--checkpoint`` for any other self-describing safetensors file).
+Targets: MNIST (the shipped 2000/1000 subset) and scikit-learn digits (8x8, resized to 28x28, then padded
+to the model's 32x32 like MNIST). Protocols:
+
+- ``low``: MNIST 1000 training images (VTAB-1k-like); digits 100 (10 per class, its few-shot split);
+- ``full``: all training images there are (MNIST 2000 shipped; digits 1000).
+
+digits is split once (stratified, seed 0) into 1000 train / 797 test. Every method runs through the same
+trainer (``adaptor_peft.train.trainer.train``) with the same steps, batch, schedule and seeds; test
+accuracy is measured once at the end. Configuration choices (adaptor K/S/dilations/sharing/norms, LoRA
+rank, learning rates) were made with ``--select`` on a validation split carved from MNIST's training
+images (never the test split); the chosen values are the ENTRIES below.
+
+Each method runs in its own subprocess (so peak RSS is per method); runs already finished in
+``--work-dir`` are reused, so an interrupted benchmark continues where it stopped.
+
+    python benchmarks/transfer.py                       # the full table (about 35 min on 2 busy vCPUs)
+    python benchmarks/transfer.py --select              # the validation-split selection runs
+    python benchmarks/transfer.py --methods lora adaptor_ts --targets digits --protocols low --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "adaptor_peft" / "assets"
+DEFAULT_CHECKPOINT = ASSETS / "vmamba_fmnist_d32.safetensors"
+RESULTS = REPO / "benchmarks" / "results"
+
+#: Chosen with --select on the validation split (benchmarks/results/transfer_select.md): trainable norms
+#: were best among K / dilations / sharing / norms (all within noise); lr 5e-3 beat 1e-2 for the adaptor,
+#: lr 1e-2 beat 5e-3 for LoRA and the probe, 1e-3 beat 3e-3 for full fine-tuning.
+ADAPTOR_CHOSEN: dict[str, Any] = {
+    "num_points": 4,
+    "num_heads": 2,
+    "dilations": [1, 2, 3],
+    "share_across_directions": True,
+    "train_norms": True,
+}
+ADAPTOR_LR = 5e-3
+PEFT_LR = 1e-2  # LoRA, linear probe; the partial-tuning rows reuse it (not separately validated)
+FULL_LR = 1e-3
+
+#: label -> (trainer method, method options / adaptor overrides, learning rate).
+ENTRIES: dict[str, tuple[str, dict[str, Any], float]] = {
+    "adaptor_ts": ("adaptor_ts", dict(ADAPTOR_CHOSEN), ADAPTOR_LR),
+    "lora_r4": ("lora", {"r": 4, "alpha": 8}, PEFT_LR),
+    "full": ("full", {}, FULL_LR),
+    "linear_probe": ("linear_probe", {}, PEFT_LR),
+    "lora_r16": ("lora", {"r": 16, "alpha": 32}, PEFT_LR),
+    "lora_x": ("lora_x", {"r": 8, "alpha": 16}, PEFT_LR),
+    "adaptor_t": ("adaptor_t", dict(ADAPTOR_CHOSEN), ADAPTOR_LR),
+    "adaptor_s": ("adaptor_s", dict(ADAPTOR_CHOSEN), ADAPTOR_LR),
+    "adaptor_static": ("adaptor_static", dict(ADAPTOR_CHOSEN), ADAPTOR_LR),
+    "a_tuning": ("a_tuning", {}, PEFT_LR),
+    "d_tuning": ("d_tuning", {}, PEFT_LR),
+    "conv_tuning": ("conv_tuning", {}, PEFT_LR),
+    "bias_tuning": ("bias_tuning", {}, PEFT_LR),
+}
+
+#: The starting point of the --select sweep.
+ADAPTOR_BASE: dict[str, Any] = {
+    "num_points": 4,
+    "num_heads": 2,
+    "dilations": [1, 2, 3],
+    "share_across_directions": True,
+}
+
+#: Validation-split candidates for --select: label -> (method, options, lr).
+SELECT_CANDIDATES: dict[str, tuple[str, dict[str, Any], float]] = {
+    "adaptor_ts K4 S2 d123 shared": ("adaptor_ts", dict(ADAPTOR_BASE), 5e-3),
+    "adaptor_ts K8 S2 d123 shared": ("adaptor_ts", {**ADAPTOR_BASE, "num_points": 8}, 5e-3),
+    "adaptor_ts K4 S2 d1 shared": ("adaptor_ts", {**ADAPTOR_BASE, "dilations": [1]}, 5e-3),
+    "adaptor_ts K4 S2 d123 per-dir": (
+        "adaptor_ts",
+        {**ADAPTOR_BASE, "share_across_directions": False},
+        5e-3,
+    ),
+    "adaptor_ts K4 S2 d123 shared +norms": ("adaptor_ts", {**ADAPTOR_BASE, "train_norms": True}, 5e-3),
+    "lora r4": ("lora", {"r": 4, "alpha": 8}, 5e-3),
+    "lora r16": ("lora", {"r": 16, "alpha": 32}, 5e-3),
+    "adaptor_ts K4 S2 d123 shared lr 1e-2": ("adaptor_ts", dict(ADAPTOR_BASE), 1e-2),
+    "adaptor_ts K4 S2 d123 shared init=random": ("adaptor_ts", {**ADAPTOR_BASE, "init": "random"}, 5e-3),
+    "lora r4 lr 1e-2": ("lora", {"r": 4, "alpha": 8}, 1e-2),
+    "linear_probe lr 1e-2": ("linear_probe", {}, 1e-2),
+    "linear_probe lr 5e-3": ("linear_probe", {}, 5e-3),
+    "full lr 1e-3": ("full", {}, 1e-3),
+    "full lr 3e-3": ("full", {}, 3e-3),
+}
+
+TARGETS = ("mnist", "digits")
+PROTOCOLS = ("low", "full")
+TRAIN_SIZE = {
+    ("mnist", "low"): 1000,
+    ("mnist", "full"): None,
+    ("digits", "low"): 100,
+    ("digits", "full"): None,
+}
+DIGITS_TEST = 797
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def _atomic_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, x=x, y=y)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def digits_arrays(size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn digits as uint8 (n, size, size) images (0..16 scaled to 0..255, bilinear resize)."""
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # a dev dependency of the benchmark
+        raise SystemExit("the digits target needs scikit-learn: pip install scikit-learn") from exc
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), d.target.astype(np.int64)
+
+
+def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced (train, test) index arrays with ``n_test`` test items."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    test = []
+    for i, c in enumerate(classes):
+        k = n_test // len(classes) + (1 if i < n_test % len(classes) else 0)
+        test.append(rng.permutation(np.flatnonzero(y == c))[:k])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
+    return train_idx, test_idx
+
+
+def prepare_data(
+    work: Path, mnist_train: Path, mnist_test: Path, targets: list[str]
+) -> dict[str, tuple[Path, Path]]:
+    """(train, test) npz paths per target; digits files are written once into ``work/data``."""
+    out: dict[str, tuple[Path, Path]] = {}
+    if "mnist" in targets:
+        out["mnist"] = (mnist_train, mnist_test)
+    if "digits" in targets:
+        tr, te = work / "data" / "digits_train.npz", work / "data" / "digits_test.npz"
+        if not (tr.is_file() and te.is_file()):
+            x, y = digits_arrays()
+            train_idx, test_idx = stratified_split(y, DIGITS_TEST, seed=0)
+            _atomic_npz(tr, x[train_idx], y[train_idx])
+            _atomic_npz(te, x[test_idx], y[test_idx])
+        out["digits"] = (tr, te)
+    return out
+
+
+# --- one method (runs in a worker subprocess) ------------------------------------------------------
+
+
+def _recipe(args: argparse.Namespace, label: str, entry: tuple, target: str, protocol: str, seed: int,
+            data: dict[str, tuple[Path, Path]], out_dir: Path, select: bool) -> dict[str, Any]:  # fmt: skip
+    from adaptor_peft.train.recipes import valid_keys
+
+    method, options, lr = entry
+    train_path, test_path = data[target]
+    recipe: dict[str, Any] = {
+        "name": f"{label}/{target}-{protocol}/seed{seed}",
+        "model": str(args.checkpoint),
+        "reset_head": True,
+        "num_classes": 10,
+        "method": method,
+        "train_data": str(train_path),
+        "train_limit": TRAIN_SIZE[(target, protocol)],
+        "img_size": 32,
+        "resize": "pad",
+        "batch_size": args.batch_size,
+        "eval_batch_size": 250,
+        "max_steps": args.steps,
+        "lr": lr,
+        "weight_decay": 1e-4,
+        "warmup_steps": max(1, args.steps // 10),
+        "min_lr_ratio": 0.01,
+        "clip_grad": 1.0,
+        "seed": seed,
+        "log_every": 5,
+        "progress": False,
+        "plot": False,
+        "output_dir": str(out_dir),
+        "overwrite": True,
+    }
+    if select:  # choices on a validation split carved from the training images, never the test split
+        recipe["val_fraction"] = 0.2
+    else:
+        recipe["eval_data"] = str(test_path)
+    if options:
+        key = (
+            "method_options"
+            if method.startswith(("lora",)) and "method_options" in valid_keys()
+            else "adaptor"
+        )
+        recipe[key] = dict(options)
+    return recipe
+
+
+def _step_time(run_dir: Path, batch: int) -> float | None:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rates = [r["samples_per_s"] for r in rows[1:] if r.get("samples_per_s")]  # the first window warms up
+    return batch / statistics.median(rates) if rates else None
+
+
+def param_counts(args: argparse.Namespace, entry: tuple) -> dict[str, Any]:
+    """Base size and trainable counts (with and without the head) of a method on the benchmark model."""
+    from adaptor_peft.train.methods import get_method, head_param_names
+    from adaptor_peft.train.recipes import load_recipe
+    from adaptor_peft.train.trainer import build_model
+
+    method, options, lr = entry
+    key = "method_options" if method.startswith("lora") and "method_options" in _valid_keys() else "adaptor"
+    recipe = load_recipe({"model": str(args.checkpoint), "reset_head": True, "method": method,
+                          **({key: dict(options)} if options else {})})  # fmt: skip
+    model = build_model(recipe, 10)
+    base = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for n, p in model.named_parameters() if n in head_param_names(model))
+    model = get_method(method).prepare(model, recipe)
+    head_names = head_param_names(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable_head = sum(
+        p.numel() for n, p in model.named_parameters() if p.requires_grad and n in head_names
+    )
+    return {
+        "base_params": base,
+        "head_params": head,
+        "trainable": trainable,
+        "trainable_no_head": trainable - trainable_head,
+        "pct_of_base": 100.0 * trainable / base,
+        "pct_of_base_no_head": 100.0 * (trainable - trainable_head) / (base - head),
+    }
+
+
+def _valid_keys() -> list[str]:
+    from adaptor_peft.train.recipes import valid_keys
+
+    return valid_keys()
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """Train one label on every (target, protocol, seed); write its results JSON (``--worker-out``)."""
+    import torch
+
+    import adaptor_peft.baselines  # noqa: F401  (registers the baseline methods)
+    from adaptor_peft.train.recipes import RecipeError
+    from adaptor_peft.train.trainer import train
+
+    torch.set_num_threads(args.threads)
+    label = args.worker
+    table = SELECT_CANDIDATES if args.select else ENTRIES
+    entry = table[label]
+    data = prepare_data(Path(args.work_dir), Path(args.mnist_train), Path(args.mnist_test), args.targets)
+    out: dict[str, Any] = {
+        "label": label,
+        "method": entry[0],
+        "options": entry[1],
+        "lr": entry[2],
+        "runs": [],
+    }
+    try:
+        out["params"] = param_counts(args, entry)
+    except RecipeError as exc:  # e.g. LoRAp(X) on a model without a z gate
+        out["not_applicable"] = str(exc)
+        Path(args.worker_out).write_text(json.dumps(out, indent=1))
+        return
+    protocols = ["low"] if args.select else args.protocols
+    targets = ["mnist"] if args.select else args.targets
+    for seed in args.seeds:  # seed-outer: an interrupted run still has every target at seed 0
+        for target in targets:
+            for protocol in protocols:
+                run_dir = Path(args.work_dir) / ("select" if args.select else "runs") / _slug(label) / (
+                    f"{target}-{protocol}-s{seed}-n{args.steps}-b{args.batch_size}")  # fmt: skip
+                done = run_dir / "bench.json"
+                if done.is_file():
+                    out["runs"].append(json.loads(done.read_text()))
+                    continue
+                if args.cached_only:  # report mode: only what earlier invocations finished
+                    continue
+                recipe = _recipe(args, label, entry, target, protocol, seed, data, run_dir, args.select)
+                t0 = time.time()
+                res = train(recipe)
+                summary = json.loads((run_dir / "result.json").read_text())
+                row = {
+                    "target": target,
+                    "protocol": protocol,
+                    "seed": seed,
+                    "top1": res.final_eval["top1"],
+                    "train_images": int(recipe["train_limit"] or 0) or None,
+                    "step_time_s": _step_time(run_dir, args.batch_size),
+                    "artefact_bytes": summary["artefact_bytes"],
+                    "wall_s": round(time.time() - t0, 2),
+                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                }
+                done.write_text(json.dumps(row))
+                out["runs"].append(row)
+                print(f"[{label}] {target}-{protocol} seed {seed}: top1 {row['top1']:.2f} "
+                      f"({row['wall_s']:.0f}s)", flush=True)  # fmt: skip
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    Path(args.worker_out).write_text(json.dumps(out, indent=1))
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+
+
+# --- driver: one subprocess per method, then the table and the plot ---------------------------------
+
+
+def _worker_argv(args: argparse.Namespace, label: str, out: Path) -> list[str]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", label, "--worker-out", str(out),
+            "--checkpoint", str(args.checkpoint), "--steps", str(args.steps),
+            "--batch-size", str(args.batch_size),
+            "--work-dir", str(args.work_dir), "--mnist-train", str(args.mnist_train),
+            "--mnist-test", str(args.mnist_test), "--threads", str(args.threads),
+            "--seeds", *map(str, args.seeds), "--targets", *args.targets,
+            "--protocols", *args.protocols]  # fmt: skip
+    return argv + (["--select"] if args.select else []) + (["--cached-only"] if args.cached_only else [])
+
+
+def run_workers(args: argparse.Namespace, labels: list[str]) -> list[dict[str, Any]]:
+    """One subprocess per label, ``--jobs`` at a time; results in label order."""
+    pending, running, done = list(labels), {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                label = pending.pop(0)
+                out = Path(tmp) / f"{_slug(label)}.json"
+                running[label] = (subprocess.Popen(_worker_argv(args, label, out), cwd=REPO), out)
+            time.sleep(1.0)
+            for label, (proc, out) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[label]
+                if proc.returncode != 0:
+                    for other, _ in running.values():
+                        other.kill()
+                    raise SystemExit(f"worker for '{label}' failed with exit code {proc.returncode}")
+                done[label] = json.loads(out.read_text())
+    return [done[label] for label in labels]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per label: accuracy mean/std per (target, protocol), median step time, artefact size, RSS."""
+    rows = []
+    for res in results:
+        row = {
+            k: res.get(k)
+            for k in ("label", "method", "options", "lr", "params", "not_applicable", "peak_rss_mb")
+        }
+        acc: dict[str, Any] = {}
+        for run in res.get("runs", []):
+            acc.setdefault(f"{run['target']}-{run['protocol']}", []).append(run["top1"])
+        row["top1"] = {k: {"mean": _mean_std(v)[0], "std": _mean_std(v)[1], "n": len(v), "values": v}
+                       for k, v in acc.items()}  # fmt: skip
+        times = [r["step_time_s"] for r in res.get("runs", []) if r.get("step_time_s")]
+        row["step_time_ms"] = 1000 * statistics.median(times) if times else None
+        rss = [r["peak_rss_mb"] for r in res.get("runs", []) if r.get("peak_rss_mb")]
+        row["peak_rss_mb"] = max(rss) if rss else None  # per run, in the method's own worker process
+        sizes = [r["artefact_bytes"] for r in res.get("runs", [])]
+        row["artefact_bytes"] = max(sizes) if sizes else None
+        rows.append(row)
+    return rows
+
+
+def _fmt_int(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, command: str, wall: float) -> str:
+    """The results table (plus machine, command, protocol) as markdown."""
+    keys = [f"{t}-{p}" for t in args.targets for p in args.protocols] if not args.select else ["mnist-low"]
+    names = {"mnist-low": "MNIST 1k", "mnist-full": "MNIST 2k (all shipped)",
+             "digits-low": "digits 100", "digits-full": "digits 1k"}  # fmt: skip
+    split = "validation split (20% of MNIST train)" if args.select else "test split"
+    head = ["method", "trainable (w/ head)", "w/o head", "% of base (w/ / w/o head)"]
+    head += [f"{names.get(k, k)} top-1 ({split})" for k in keys]
+    head += ["step ms", "peak RSS MB", "artefact KB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.get("not_applicable"):
+            lines.append(f"| {r['label']} | n/a: {r['not_applicable']} |" + " |" * (len(head) - 2))
+            continue
+        p = r["params"]
+        cells = [r["label"], _fmt_int(p["trainable"]), _fmt_int(p["trainable_no_head"]),
+                 f"{p['pct_of_base']:.3f}% / {p['pct_of_base_no_head']:.3f}%"]  # fmt: skip
+        for k in keys:
+            a = r["top1"].get(k)
+            cells.append(f"{a['mean']:.2f} ± {a['std']:.2f}" if a else "-")
+        cells.append(f"{r['step_time_ms']:.0f}" if r["step_time_ms"] else "-")
+        cells.append(f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-")
+        cells.append(f"{r['artefact_bytes'] / 1024:.1f}" if r["artefact_bytes"] else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    base = next((r["params"] for r in rows if r.get("params")), None)
+    cpu = platform.processor() or platform.machine()
+    machine = f"{os.cpu_count()} vCPU ({cpu}), no GPU, shared with other jobs"
+    import torch
+
+    text = [
+        "# Transfer benchmark" + (" (validation-split selection)" if args.select else ""),
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}; torch {torch.__version__}, {args.threads} thread(s) per worker, {args.jobs} "
+        f"workers; wall {wall / 60:.1f} min"
+        + (" (this invocation only rebuilt the table from finished runs).  " if args.cached_only else ".  "),
+        f"Base: `{Path(args.checkpoint).name}` ({_fmt_int(base and base['base_params'])} parameters with "
+        "a fresh "
+        f"10-way head of {_fmt_int(base and base['head_params'])}), pretrained on Fashion-MNIST.  ",
+        f"Budget per run: {args.steps} AdamW steps of batch {args.batch_size} (warm-up 10%, cosine to 1%, "
+        f"wd 1e-4, clip 1.0), no augmentation; seeds {args.seeds}; top-1 mean ± std over seeds.  ",
+        "Protocols: MNIST low = 1000 training images (VTAB-1k-like), full = all 2000 shipped; "
+        "digits (sklearn, "
+        "8x8 -> 28x28, split once 1000 train / 797 test) low = 100 (10 per class), full = 1000.  ",
+        "Step time: median over logging windows (5 steps) after the first; peak RSS: the method's worker "
+        "process (all its runs); artefact: the method's saved file (trained tensors + head).",
+        "",
+        *lines,
+        "",
+    ]
+    return "\n".join(text)
+
+
+def plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
+    """Accuracy vs trainable parameters (log x), one panel per target/protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(2, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    colours = {"adaptor": "tab:red", "lora": "tab:blue", "full": "black", "linear": "tab:gray"}
+    for ax, key in zip(axes.flat, keys):
+        for r in rows:
+            a = r["top1"].get(key) if r.get("params") else None
+            if not a:
+                continue
+            x = r["params"]["trainable"]
+            c = next((v for k, v in colours.items() if r["label"].startswith(k)), "tab:green")
+            ax.errorbar([x], [a["mean"]], yerr=[a["std"]], fmt="o", color=c, capsize=3)
+            ax.annotate(r["label"], (x, a["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (incl. head), log scale")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are shared files
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments; run the workers (or be one) and write table, plot and JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    ap.add_argument("--methods", nargs="+", default=None, help=f"labels (default: all of {list(ENTRIES)})")
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    ap.add_argument("--protocols", nargs="+", default=["low"], choices=PROTOCOLS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--jobs", type=int, default=2, help="workers (methods) run at the same time")
+    ap.add_argument(
+        "--select", action="store_true", help="validation-split selection runs (MNIST low, 1 seed)"
+    )
+    ap.add_argument("--mnist-train", type=Path, default=ASSETS / "mnist_train.npz")
+    ap.add_argument("--mnist-test", type=Path, default=ASSETS / "mnist_test.npz")
+    ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / "transfer")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--stem", default=None, help="output file stem (default transfer / transfer_select)")
+    ap.add_argument("--cached-only", action="store_true", help="train nothing: table from finished runs only")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return
+    table = SELECT_CANDIDATES if args.select else ENTRIES
+    labels = args.methods or list(table)
+    unknown = [m for m in labels if m not in table]
+    if unknown:
+        ap.error(f"unknown method label(s) {unknown}; known: {list(table)}")
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--cached-only"]
+    # The command that trains every number in the table (a --cached-only run only re-tabulates them).
+    command = "python benchmarks/transfer.py " + " ".join(shlex.quote(a) for a in given)
+    t0 = time.time()
+    results = run_workers(args, labels)
+    wall = time.time() - t0
+    rows = summarise(results)
+    stem = args.stem or ("transfer_select" if args.select else "transfer")
+    keys = ["mnist-low"] if args.select else [f"{t}-{p}" for t in args.targets for p in args.protocols]
+    payload = {"command": command, "wall_s": wall, "steps": args.steps, "batch_size": args.batch_size,
+               "seeds": args.seeds, "checkpoint": str(args.checkpoint), "rows": rows,
+               "raw": results}  # fmt: skip
+    _atomic_text(args.out_dir / f"{stem}.json", json.dumps(payload, indent=1, default=str))
+    _atomic_text(args.out_dir / f"{stem}.md", markdown(rows, args, command, wall))
+    plot(rows, keys, args.out_dir / f"{stem}.png")
+    print(markdown(rows, args, command, wall))
+
+
+if __name__ == "__main__":
+    main()
