@@ -16,7 +16,7 @@ only what it trained:
   the recipe's ``adaptor`` mapping).
 
 Options of the LoRA methods (``r``, ``alpha``, ``dropout``, ``targets``) come from the recipe's
-``method_options`` mapping when the Recipe has one, else from its ``adaptor`` mapping.
+``method_options`` mapping.
 """
 
 from __future__ import annotations
@@ -71,11 +71,8 @@ LORA_DEFAULTS: dict[str, Any] = {
 
 
 def _options(recipe: Recipe) -> dict[str, Any]:
-    """Method options: ``recipe.method_options`` where the Recipe has that field, else ``recipe.adaptor``."""
-    opts = getattr(recipe, "method_options", None)
-    if opts is None:
-        opts = recipe.adaptor
-    return dict(opts or {})
+    """Method options from ``recipe.method_options``."""
+    return dict(recipe.method_options or {})
 
 
 def lora_options(recipe: Recipe) -> dict[str, Any]:
@@ -334,7 +331,7 @@ def _lora_meta(model: nn.Module) -> dict[str, Any]:
 
 def _prepare_partial(method: str) -> Callable[[nn.Module, Recipe], nn.Module]:
     def prepare(model: nn.Module, recipe: Recipe) -> nn.Module:
-        extra = getattr(recipe, "method_options", None)
+        extra = recipe.method_options
         if extra:
             raise RecipeError(f"method '{method}' takes no options, got {sorted(extra)}")
         return _set_trainable(model, partial_param_names(model, method))

@@ -183,8 +183,6 @@ def prepare_data(
 
 def _recipe(args: argparse.Namespace, label: str, entry: tuple, target: str, protocol: str, seed: int,
             data: dict[str, tuple[Path, Path]], out_dir: Path, select: bool) -> dict[str, Any]:  # fmt: skip
-    from adaptor_peft.train.recipes import valid_keys
-
     method, options, lr = entry
     train_path, test_path = data[target]
     recipe: dict[str, Any] = {
@@ -217,12 +215,7 @@ def _recipe(args: argparse.Namespace, label: str, entry: tuple, target: str, pro
     else:
         recipe["eval_data"] = str(test_path)
     if options:
-        key = (
-            "method_options"
-            if method.startswith(("lora",)) and "method_options" in valid_keys()
-            else "adaptor"
-        )
-        recipe[key] = dict(options)
+        recipe["method_options" if method.startswith("lora") else "adaptor"] = dict(options)
     return recipe
 
 
@@ -239,7 +232,7 @@ def param_counts(args: argparse.Namespace, entry: tuple) -> dict[str, Any]:
     from adaptor_peft.train.trainer import build_model
 
     method, options, lr = entry
-    key = "method_options" if method.startswith("lora") and "method_options" in _valid_keys() else "adaptor"
+    key = "method_options" if method.startswith("lora") else "adaptor"
     recipe = load_recipe({"model": str(args.checkpoint), "reset_head": True, "method": method,
                           **({key: dict(options)} if options else {})})  # fmt: skip
     model = build_model(recipe, 10)
@@ -259,12 +252,6 @@ def param_counts(args: argparse.Namespace, entry: tuple) -> dict[str, Any]:
         "pct_of_base": 100.0 * trainable / base,
         "pct_of_base_no_head": 100.0 * (trainable - trainable_head) / (base - head),
     }
-
-
-def _valid_keys() -> list[str]:
-    from adaptor_peft.train.recipes import valid_keys
-
-    return valid_keys()
 
 
 def run_worker(args: argparse.Namespace) -> None:

@@ -40,7 +40,9 @@ def _v0_model() -> torch.nn.Module:
 
 
 def _recipe(method: str, **options: object) -> object:
-    return load_recipe({"model": "test_vmamba", "method": method, "adaptor": dict(options)})
+    # LoRA options live in method_options; the adaptor variants take MambaAdaptorConfig fields in adaptor.
+    key = "method_options" if method.startswith("lora") else "adaptor"
+    return load_recipe({"model": "test_vmamba", "method": method, key: dict(options)})
 
 
 def _trainable(model: torch.nn.Module) -> set[str]:
