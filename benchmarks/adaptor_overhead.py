@@ -69,11 +69,13 @@ def make_step(model: torch.nn.Module, x: torch.Tensor, backward: bool):
 
 def measure_interleaved(
     model: torch.nn.Module, x: torch.Tensor, repeats: int, backward: bool
-) -> dict[str, tuple[float, float, float]]:
-    """Variant -> (best wall s, median wall s, best CPU s); rounds alternate plain and adapted runs.
+) -> dict[str, tuple[float, float, float, float, float]]:
+    """Variant -> (best wall, median wall, best CPU, median CPU, paired CPU ratio); rounds alternate.
 
     Interleaving (plain, T+S, T, S, plain, T+S, ...) spreads any load from other processes over
-    every variant; the best-of-N wall time and the process CPU time are the least noisy figures.
+    every variant; the process CPU time is the least noisy figure on a loaded machine, and the
+    paired ratio (median over rounds of variant CPU / plain CPU of the same round) also cancels
+    slow drifts of the load.
     With a backward pass, "plain" trains every parameter (full fine-tuning) and "plain, head only"
     freezes the base like the adapted rows do (their backward skips the base weight gradients).
     """
@@ -95,7 +97,13 @@ def measure_interleaved(
             if round_:
                 samples[label].append((wall, cpu))
     return {
-        k: (min(w for w, _ in v), statistics.median(w for w, _ in v), min(c for _, c in v))
+        k: (
+            min(w for w, _ in v),
+            statistics.median(w for w, _ in v),
+            min(c for _, c in v),
+            statistics.median(c for _, c in v),
+            statistics.median(c / p for (_, c), (_, p) in zip(v, samples["plain"])),
+        )
         for k, v in samples.items()
     }
 
@@ -134,15 +142,16 @@ def main() -> None:
         x = torch.randn(args.batch, 3, args.img_size, args.img_size)
         size = f"{args.img_size}x{args.img_size}"
         print(f"\n{args.model}, batch {args.batch}, {size}, {args.repeats} interleaved rounds")
-        header = ("variant", "pass", "best s", "median s", "cpu s", "ratio wall", "ratio cpu")
-        print("{:<16} {:<8} {:>7} {:>9} {:>7} {:>11} {:>10}".format(*header))
+        header = ("variant", "pass", "best s", "median s", "cpu best", "cpu med", "ratio wall", "ratio cpu")
+        print("{:<16} {:<8} {:>7} {:>9} {:>8} {:>8} {:>11} {:>10}".format(*header))
+        print("(ratio wall: best over best; ratio cpu: median over rounds of CPU / plain CPU, same round)")
         for backward in [False] if args.no_backward else [False, True]:
             res = measure_interleaved(model, x, args.repeats, backward)
-            for label, (best, med, cpu) in res.items():
+            for label, (best, med, cpu, cpu_med, paired) in res.items():
                 kind = "fwd+bwd" if backward else "fwd"
                 print(
-                    f"{label:<16} {kind:<8} {best:7.3f} {med:9.3f} {cpu:7.3f} "
-                    f"{best / res['plain'][0]:10.3f}x {cpu / res['plain'][2]:9.3f}x"
+                    f"{label:<16} {kind:<8} {best:7.3f} {med:9.3f} {cpu:8.3f} {cpu_med:8.3f} "
+                    f"{best / res['plain'][0]:10.3f}x {paired:9.3f}x"
                 )
 
     where = f"{args.model} (num_classes={args.num_classes}, base counted without the head)"

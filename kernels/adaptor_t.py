@@ -1,19 +1,21 @@
 """Fast PyTorch path for the Adaptor-T read-out (same signature as `adaptor_t_readout_ref`).
 
 The gather + interpolation + weighted sum over K points is one `F.embedding_bag` call. The hidden
-states are laid out channel-last as a table of rows (b, token, head) x (D/S * N) features, with
-zero rows around each batch element's sequence; every output row (b, i, head) is a bag of 2K
-table rows (the two interpolation neighbours of each point) with per-sample weights c * (1 - frac)
-and c * frac. Positions are clamped to [-1, L] first, so every neighbour outside [0, L-1] lands on
-a zero row: zero padding without masks (and a zero gradient beyond the padding, where the sampled
-value is constant). The embedding_bag kernel sums contiguous D/S-vectors without materialising a
-K-times larger tensor, and its autograd gives the gradients to h and to the per-sample weights
-(hence to the positions through the interpolation slope, to the softmax weights and to C).
+states are laid out channel-last as a table of rows (b, token, head) x (D/S * N) features (the
+scan's token-major states are such a table already: no copy); every output row (b, i, head) is a
+bag of 2K table rows (the two interpolation neighbours of each point) with per-sample weights
+c * (1 - frac) and c * frac. Positions are clamped to [-1, L] first; a neighbour outside [0, L-1]
+gets its index clamped into the sequence and a zero weight: zero padding without pad rows (and a
+zero gradient beyond the padding, where the sampled value is constant). The embedding_bag kernel
+sums contiguous D/S-vectors without materialising a K-times larger tensor, and its autograd gives
+the gradients to h and to the per-sample weights (hence to the positions through the
+interpolation slope, to the softmax weights and to C).
 
 For N = 1 the read-out through C is folded into the per-sample weights, so the only full-size
-passes are the transpose of h into the table, the bag sum and the gamma scale (in place when no
-gradient is needed). The result is a (B, G*D, L) view of a channel-last buffer; adding it to the
-scan output needs no extra copy.
+passes are the bag sum, the gamma scale and the hand-back, plus the transpose of h into the table
+when h is not token-major. Without a gradient the result is a contiguous (B, G*D, L) tensor built
+per batch element through cache-sized buffers (the caller's add is then contiguous); with one it
+is a (B, G*D, L) view of a channel-last buffer.
 """
 
 from __future__ import annotations
@@ -23,19 +25,16 @@ import torch.nn.functional as F
 
 from .adaptor_t_ref import check_readout_shapes
 
-PAD_BEFORE, PAD_AFTER = 1, 2  # zero rows around each sequence: taps reach -1 .. L + 1
+PAD_BEFORE = 0  # the table has no padding rows: token l is row l (outside taps get zero weight)
 
 
 def states_table(h: torch.Tensor) -> torch.Tensor:
-    """(B, G*D, N, L) -> zero-padded channel-last table (B, 1 + L + 2, G*D*N); token l is row l + 1."""
+    """(B, G*D, N, L) -> channel-last table (B, L, G*D*N); a view (no copy) when h is token-major.
+
+    `selective_scan_torch(..., return_states=True)` returns its states in that layout already.
+    """
     batch, channels, n, length = h.shape
-    table = h.new_empty(batch, PAD_BEFORE + length + PAD_AFTER, channels * n)
-    table[:, :PAD_BEFORE].zero_()
-    table[:, PAD_BEFORE + length :].zero_()
-    table[:, PAD_BEFORE : PAD_BEFORE + length].copy_(
-        h.permute(0, 3, 1, 2).reshape(batch, length, channels * n)
-    )
-    return table
+    return h.permute(0, 3, 1, 2).contiguous().view(batch, length, channels * n)
 
 
 def adaptor_t_readout(
@@ -75,7 +74,7 @@ def readout_tokens(
     batch, length, groups, heads, points = offsets.shape
     n = d_state
     gs = groups * heads
-    rows_per_seq = PAD_BEFORE + length + PAD_AFTER
+    rows_per_seq = length
     d_inner = table.shape[-1] // (groups * n)
     # Row (b, j, gs) of the bag table holds the states of head gs at padded position j.
     flat = table.view(batch * rows_per_seq * gs, (d_inner // heads) * n)
@@ -86,44 +85,54 @@ def readout_tokens(
         pos = pos.float()
     if relative:
         pos = pos + torch.arange(length, device=dev, dtype=pos.dtype).view(1, length, 1, 1, 1)
-    pos = pos.clamp(-1.0, float(length))  # beyond this the sample is 0 (both neighbours are padding)
+    # NaN offsets land at -1 (a zero sample) instead of becoming out-of-range bag indices
+    pos = torch.nan_to_num(pos, nan=-1.0).clamp(-1.0, float(length))  # beyond: sample is 0
     lo = torch.floor(pos)
     frac = pos - lo  # d frac / d pos = 1: the gradient reaches the offsets through the lerp slope
 
-    # Bag indices (B, L, G, S, 2, K): the rows of (b, lo + 1, g, s) and of the next token.
-    first = (torch.arange(batch, device=dev) * rows_per_seq + PAD_BEFORE).view(batch, 1, 1, 1, 1) * gs
+    # Bag indices (B, L, G, S, 2, K): the rows of (b, lo, g, s) and of the next token, clamped into
+    # the sequence; a neighbour outside [0, L-1] keeps a zero weight (zero padding without pad rows).
+    first = (torch.arange(batch, device=dev) * rows_per_seq).view(batch, 1, 1, 1, 1) * gs
     first = first + torch.arange(gs, device=dev).view(1, 1, groups, heads, 1)
     index_dtype = torch.int32 if flat.shape[0] + gs < 2**31 else torch.int64
-    if flat.shape[0] < 2**24:  # float index arithmetic is exact here: one fused op
-        rows = torch.addcmul(
-            first.to(lo.dtype), lo.detach(), torch.tensor(float(gs), dtype=lo.dtype, device=dev)
-        )
-    else:
-        rows = lo.detach().long() * gs + first
+    lo = lo.detach()
     indices = torch.empty(batch, length, groups, heads, 2, points, dtype=index_dtype, device=dev)
-    indices[:, :, :, :, 0].copy_(rows)  # cast and re-layout in one pass
-    torch.add(indices[:, :, :, :, 0], gs, out=indices[:, :, :, :, 1])
+    for side, tap in enumerate((lo, lo + 1)):
+        clamped = tap.clamp(0.0, float(length - 1))
+        if flat.shape[0] < 2**24:  # float index arithmetic is exact here; in place, in tap's layout
+            rows = clamped.mul_(gs).add_(first.to(lo.dtype))
+        else:
+            rows = clamped.long() * gs + first
+        indices[:, :, :, :, side].copy_(rows)  # cast and re-layout in one pass
 
     wts = weights
     if n == 1:  # fold the read-out through C (one value per token and direction) into the weights
         wts = wts * C[:, :, 0, :].transpose(1, 2)[:, :, :, None, None]
     upper = wts * frac
+    zero = torch.zeros((), dtype=upper.dtype, device=dev)
     # written token-major in one pass each (a stack would keep the operands' point-major layout)
     values = torch.empty(batch, length, groups, heads, 2, points, dtype=flat.dtype, device=dev)
-    values[:, :, :, :, 0] = wts - upper
-    values[:, :, :, :, 1] = upper
+    values[:, :, :, :, 0] = torch.where((lo >= 0) & (lo <= length - 1), wts - upper, zero)
+    values[:, :, :, :, 1] = torch.where((lo >= -1) & (lo <= length - 2), upper, zero)
     bags = batch * length * gs
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (table, offsets, weights, C, gamma))
+    if n == 1 and not needs_grad:
+        # Inference: one bag sum per batch element into a small (L, G*D) buffer that stays in cache,
+        # scaled in place and copied channel-major (a 2-D copy takes ATen's blocked transpose). The
+        # caller's `y + out` is then a contiguous add, far cheaper than adding a transposed view.
+        out = flat.new_empty(batch, groups * d_inner, length)
+        idx = indices.view(batch, length * gs, 2 * points)
+        val = values.view(batch, length * gs, 2 * points)
+        for b in range(batch):
+            m = F.embedding_bag(idx[b], flat, per_sample_weights=val[b], mode="sum")
+            out[b].copy_(m.view(length, groups * d_inner).mul_(gamma).t())
+        return out
     m = F.embedding_bag(
         indices.view(bags, 2 * points), flat, per_sample_weights=values.view(bags, 2 * points), mode="sum"
     )
 
     if n == 1:
         read = m.view(batch, length, groups * d_inner)
-        needs_grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (table, offsets, weights, C, gamma)
-        )
-        if not needs_grad:  # inference: scale in place (one full-size buffer less to allocate)
-            return read.mul_(gamma).transpose(1, 2)
     else:
         m = m.view(batch, length, groups, d_inner, n)
         read = (m * C.permute(0, 3, 1, 2)[:, :, :, None, :]).sum(-1).reshape(batch, length, groups * d_inner)

@@ -267,6 +267,27 @@ def _decay_and_input(
     return a, x
 
 
+def _token_major_states(h: torch.Tensor, spare: torch.Tensor, geo: _Geometry) -> torch.Tensor:
+    """Time-major h (T, Bt, G, P, nC, N) -> token-major states (Bt, L, KD, N), written into spare's memory.
+
+    Token-major rows (KD*N contiguous features per token) are what Adaptor-T gathers from, so it
+    reads them without another transpose. The copy runs one step t at a time: each piece is a
+    batch of small (KD, nC) -> (nC, KD) transposes that stay in cache (a single strided copy of
+    the whole tensor is about 1.5x slower).
+    """
+    T, Bt, KD, nC, N, L = geo.T, geo.Bt, geo.KD, geo.nC, geo.N, geo.L
+    hv = h.view(T, Bt, KD, nC, N)
+    out = spare.view(-1)[: Bt * L * KD * N].view(Bt, L, KD, N)
+    full, rem = L // T, L % T
+    if full:
+        dst = out[:, : full * T].unflatten(1, (full, T))  # (Bt, full, T, KD, N)
+        for t in range(T):
+            dst[:, :, t].copy_(hv[t, :, :, :full].transpose(1, 2))
+    if rem:
+        out[:, full * T :].copy_(hv[:rem, :, :, full].transpose(0, 1))
+    return out
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(  # noqa: ANN205
@@ -296,6 +317,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         h_in = _entry_states(a, h, decay, None)
         del decay
         _scan_chunks(a, h, h_in)
+        # the decays are dead now: their (already paged-in) buffer receives the states
+        states = _token_major_states(h, a, geo) if return_states else None
         del a
         if N == 1:
             y = h[..., 0] * C_tm[..., 0]
@@ -308,7 +331,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             t, c = (L - 1) % T, (L - 1) // T
             outs.append(h[t, ..., c, :].reshape(Bt, KD, N).clone())
         if return_states:
-            outs.append(_from_time_major(h.view(T, Bt, KD, nC, N), L, T, _GRP))
+            outs.append(states.permute(0, 2, 3, 1))  # (Bt, KD, N, L) view of a token-major buffer
         ctx.geo = geo
         ctx.dtype = dtype
         ctx.softplus = softplus

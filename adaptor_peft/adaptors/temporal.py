@@ -129,7 +129,7 @@ class AdaptorT(nn.Module):
         heads, points, d_inner = self.heads, self.points, self.d_inner
         # One channel-last copy of the states serves both the predictors (a plain GEMM over tokens)
         # and the gather (rows of D/S contiguous features).
-        table = states_table(hs)  # (B, 1 + L + 2, G*D*N), zero rows around each sequence
+        table = states_table(hs)  # (B, L, G*D*N); a view of the scan's token-major states
         rows = table.shape[1]
         q = table.view(batch * rows, groups, d_inner * n)
         if self.phi_input == "state_mean":
@@ -147,7 +147,6 @@ class AdaptorT(nn.Module):
         weight = weight.reshape(-1, parts * points * heads, weight.shape[-1]).to(q.dtype)
         bias = bias.view(-1, parts, heads, points).transpose(2, 3).reshape(-1, parts * points * heads)
         bias = bias.to(q.dtype)
-        # predictors on every table row (padding included: 3 rows per sequence, cheaper than a copy)
         if weight.shape[0] == 1:  # shared across directions
             pred = torch.addmm(bias[0, :, None], weight[0], q.reshape(-1, q.shape[-1]).t())
         else:

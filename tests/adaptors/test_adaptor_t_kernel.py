@@ -50,6 +50,20 @@ def test_fast_matches_naive_loop_forward_and_backward(case):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[3] == 1])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_no_grad_path_matches_naive_loop(case, dtype):
+    # Inference (no grad, N = 1) takes a separate per-sample path through small reused buffers.
+    batch, groups, d_inner, n, length, heads, points, relative = case
+    ops = _operands(batch, groups, d_inner, n, length, heads, points, relative=relative)
+    ops = [t.to(dtype) for t in ops]
+    with torch.no_grad():
+        fast = adaptor_t_readout(*ops, relative=relative)
+    ref = adaptor_t_readout_ref(*[t.double() for t in ops], relative=relative)
+    tol = 1e-12 if dtype == F64 else 1e-5
+    torch.testing.assert_close(fast.double(), ref, atol=tol, rtol=tol)
+
+
 GRADCHECK_CASES = [(1, 4, 4, 1, 6, 2, 2, True), (1, 2, 2, 2, 6, 1, 2, True), (1, 2, 4, 1, 6, 2, 2, False)]
 
 
