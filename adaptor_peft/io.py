@@ -9,7 +9,6 @@ every failure is a specific :class:`AdaptorFileError` subclass naming the file a
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -17,7 +16,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +27,8 @@ import torch
 from torch import nn
 
 from adaptor_peft.fingerprint import first_difference, model_fingerprint, tensor_bytes
+
+from .atomic import atomic_write_bytes
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -521,28 +521,6 @@ def _fingerprint_exclusions(model: nn.Module, file_keys: set[str], head_keys: li
 
 
 # ---------------------------------------------------------------------------------------------- save
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path via a temp file in the same directory and os.replace (no partial files)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; use the usual permissions
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def build_adaptor_file(
     model: nn.Module, include_head: bool = True, metadata: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -604,8 +582,7 @@ def save_adaptors(
     path = Path(path)
     tensors, meta = build_adaptor_file(model, include_head=include_head, metadata=metadata)
     data = safetensors.torch.save(tensors, metadata=meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     return path
 
 

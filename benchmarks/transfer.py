@@ -24,6 +24,7 @@ Each method runs in its own subprocess (so peak RSS is per method); runs already
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from adaptor_peft.atomic import atomic_write_bytes, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "adaptor_peft" / "assets"
@@ -121,15 +124,9 @@ DIGITS_TEST = 797
 
 
 def _atomic_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, x=x, y=y)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=x, y=y)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def digits_arrays(size: int = 28) -> tuple[np.ndarray, np.ndarray]:
@@ -481,15 +478,6 @@ def plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
             os.unlink(tmp)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are shared files
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments; run the workers (or be one) and write table, plot and JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -534,8 +522,8 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"command": command, "wall_s": wall, "steps": args.steps, "batch_size": args.batch_size,
                "seeds": args.seeds, "checkpoint": str(args.checkpoint), "rows": rows,
                "raw": results}  # fmt: skip
-    _atomic_text(args.out_dir / f"{stem}.json", json.dumps(payload, indent=1, default=str))
-    _atomic_text(args.out_dir / f"{stem}.md", markdown(rows, args, command, wall))
+    atomic_write_text(args.out_dir / f"{stem}.json", json.dumps(payload, indent=1, default=str))
+    atomic_write_text(args.out_dir / f"{stem}.md", markdown(rows, args, command, wall))
     plot(rows, keys, args.out_dir / f"{stem}.png")
     print(markdown(rows, args, command, wall))
 

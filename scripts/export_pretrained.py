@@ -71,7 +71,7 @@ def to_fp16(path: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save
 
-    from adaptor_peft.train.recipes import atomic_write_bytes
+    from adaptor_peft.atomic import atomic_write_bytes
 
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata()

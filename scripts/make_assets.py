@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
+import io
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from adaptor_peft.atomic import atomic_write_bytes
 
 MNIST_NOTICE = """MNIST subset (mnist_train.npz, mnist_test.npz)
 
@@ -88,16 +89,9 @@ def stratified_indices(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def save_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     """Write a compressed (x, y) npz atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, x=x.astype(np.uint8), y=y.astype(np.int64))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped data must be world-readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=x.astype(np.uint8), y=y.astype(np.int64))
+    atomic_write_bytes(path, buf.getvalue())
     print(f"wrote {path} x={x.shape} y={y.shape} ({path.stat().st_size / 1e6:.2f} MB)")
 
 

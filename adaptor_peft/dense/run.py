@@ -17,13 +17,13 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from ..atomic import atomic_write_bytes, atomic_write_text
 from .recipe_dryrun import (
     LargeRecipeError,
     build_classification_transform,
@@ -57,22 +57,11 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
     return load_large_recipe(out)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _save_weights(module: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write_bytes(path, save(tensors))
 
 
 def _loaders(r: dict[str, Any], per_process: int, img_size: int | None) -> tuple[Any, Any]:
@@ -177,9 +166,7 @@ def run(
     out_dir = Path(r.get("output_dir") or f"runs/{r['name']}")
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(
-            out_dir / "recipe.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(r, sort_keys=False))
-        )
+        atomic_write_text(out_dir / "recipe.yaml", yaml.safe_dump(r, sort_keys=False))
     torch.manual_seed(0)
     model = build_model(r, img_size=img_size)
     if r.get("grad_checkpointing"):

@@ -13,13 +13,15 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+from safetensors.torch import save as safetensors_save
+
+from ..atomic import atomic_write_bytes
 
 __all__ = [
     "CheckpointError",
@@ -285,20 +287,5 @@ def convert_checkpoint(
     if arch:
         metadata["arch"] = arch
     tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
-    _atomic_save_safetensors(tensors, dst, metadata)
+    atomic_write_bytes(dst, safetensors_save(tensors, metadata=metadata))
     return dst
-
-
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], dst: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

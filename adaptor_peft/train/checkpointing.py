@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .recipes import atomic_write_text
+from ..atomic import atomic_write_text
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"

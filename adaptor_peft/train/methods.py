@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .recipes import Recipe, RecipeError, atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from .recipes import Recipe, RecipeError
 
 if TYPE_CHECKING:  # torch is imported lazily so that recipe validation (and CLI errors) stay fast
     import torch

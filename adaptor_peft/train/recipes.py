@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..atomic import atomic_write_text
 
 #: Recipe-path prefix for files shipped in the package (``asset:mnist_train.npz``).
 ASSET_PREFIX = "asset:"
@@ -287,26 +288,3 @@ def resolve_path(path: str | os.PathLike | None) -> Path | None:
     if text.startswith(ASSET_PREFIX):
         return ASSETS_DIR / text[len(ASSET_PREFIX) :]
     return Path(text).expanduser()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes to ``path`` through a temp file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text atomically (see atomic_write_bytes)."""
-    return atomic_write_bytes(path, text.encode())

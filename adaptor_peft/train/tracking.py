@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .recipes import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text
 
 
 class JsonlLog:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..atomic import atomic_write_text
 from .checkpointing import (
     CKPT_DIR,
     find_resumable,
@@ -41,7 +42,7 @@ from .data import (
 )
 from .methods import get_method, head_param_names
 from .metrics import ClassificationMeter
-from .recipes import Recipe, RecipeError, atomic_write_text, load_recipe, resolve_path
+from .recipes import Recipe, RecipeError, load_recipe, resolve_path
 from .tracking import JsonlLog, plot_curves
 
 METRICS_FILE = "metrics.jsonl"

@@ -165,15 +165,7 @@ def test_convert_checkpoint_disk_full_keeps_previous_output(tmp_path, monkeypatc
     dst = tmp_path / "out" / "converted.safetensors"
     convert_checkpoint(src, dst)
     before = dst.read_bytes()
-    real_save_file = safetensors.torch.save_file
-
-    def half_then_enospc(tensors, filename, metadata=None):
-        real_save_file(tensors, filename, metadata=metadata)
-        data = pathlib.Path(filename).read_bytes()
-        pathlib.Path(filename).write_bytes(data[: len(data) // 2])
-        raise ENOSPC
-
-    monkeypatch.setattr(safetensors.torch, "save_file", half_then_enospc)
+    _disk_full_for(monkeypatch, lambda p: p.parent == dst.parent)  # half the bytes land, then ENOSPC
     with pytest.raises(OSError, match="No space left on device"):
         convert_checkpoint(src, dst)
     monkeypatch.undo()
