@@ -65,11 +65,14 @@ def readout_tokens(
     gamma: torch.Tensor,
     relative: bool,
     d_state: int,
+    add_to: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The read-out on a `states_table`, with offsets/weights shaped (B, L, G, S, K) in any memory layout.
 
     Elementwise steps run in the operands' own memory order (the Adaptor-T module passes them
     point-major, where its softmax is fast); only the final bag tensors are written token-major.
+    With `add_to` (B, G*D, L) the result is `add_to + read-out`; on the CPU without autograd it is
+    accumulated into add_to's memory (no full-size temporary, no separate add pass).
     """
     batch, length, groups, heads, points = offsets.shape
     n = d_state
@@ -115,17 +118,29 @@ def readout_tokens(
     values[:, :, :, :, 0] = torch.where((lo >= 0) & (lo <= length - 1), wts - upper, zero)
     values[:, :, :, :, 1] = torch.where((lo >= -1) & (lo <= length - 2), upper, zero)
     bags = batch * length * gs
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (table, offsets, weights, C, gamma))
-    if n == 1 and not needs_grad:
-        # Inference: one bag sum per batch element into a small (L, G*D) buffer that stays in cache,
-        # scaled in place and copied channel-major (a 2-D copy takes ATen's blocked transpose). The
-        # caller's `y + out` is then a contiguous add, far cheaper than adding a transposed view.
-        out = flat.new_empty(batch, groups * d_inner, length)
+    operands = (table, offsets, weights, C, gamma, add_to)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands)
+    if n == 1 and not needs_grad and not table.is_cuda:
+        # CPU inference: one bag sum per batch element into an (L, G*D) buffer, scaled in place and
+        # copied channel-major (a 2-D copy takes ATen's blocked transpose; adding a transposed view
+        # is ~2x slower), then added to add_to[b] contiguously. Reusing one buffer per batch element
+        # and accumulating in place avoids two full-size temporaries (their page faults cost as much
+        # as the arithmetic).
+        if add_to is None:
+            out = flat.new_empty(batch, groups * d_inner, length)
+            buf = None
+        else:
+            out = add_to
+            buf = flat.new_empty(groups * d_inner, length)
         idx = indices.view(batch, length * gs, 2 * points)
         val = values.view(batch, length * gs, 2 * points)
         for b in range(batch):
             m = F.embedding_bag(idx[b], flat, per_sample_weights=val[b], mode="sum")
-            out[b].copy_(m.view(length, groups * d_inner).mul_(gamma).t())
+            read_b = m.view(length, groups * d_inner).mul_(gamma).t()
+            if buf is None:
+                out[b].copy_(read_b)
+            else:
+                out[b].add_(buf.copy_(read_b))
         return out
     m = F.embedding_bag(
         indices.view(bags, 2 * points), flat, per_sample_weights=values.view(bags, 2 * points), mode="sum"
@@ -136,4 +151,5 @@ def readout_tokens(
     else:
         m = m.view(batch, length, groups, d_inner, n)
         read = (m * C.permute(0, 3, 1, 2)[:, :, :, None, :]).sum(-1).reshape(batch, length, groups * d_inner)
-    return read.transpose(1, 2) * gamma[:, None]
+    read = read.transpose(1, 2) * gamma[:, None]
+    return read if add_to is None else add_to + read

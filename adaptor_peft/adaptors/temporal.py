@@ -9,7 +9,7 @@ i), each direction's hidden-state sequence h (D x N per token) is augmented per 
     h~_i   = h_i + gamma * concat_s(m_i^s)
 
 with q_i = h_i (flattened D*N, or its mean over N). The module returns the read-out of the extra
-memory, C . (gamma * m), shape (B, 4*D, L); the model adds it to y = C . h + D u (SS2D hook
+memory, C . (gamma * m), shape (B, 4*D, L), or, given y = C . h + D u, the sum (SS2D hook
 contract). Static selection replaces phi_p by learned (S, K) offsets shared by all tokens.
 """
 
@@ -117,8 +117,14 @@ class AdaptorT(nn.Module):
             f"selection={'dynamic' if self.dynamic else 'static'}"
         )
 
-    def forward(self, hs: torch.Tensor, Cs: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """hs (B, G*D, N, L) scan states, Cs (B, G, N, L) -> C . (gamma * m), shape (B, G*D, L)."""
+    def forward(
+        self, hs: torch.Tensor, Cs: torch.Tensor, H: int, W: int, ys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """hs (B, G*D, N, L) scan states, Cs (B, G, N, L) -> C . (gamma * m), shape (B, G*D, L).
+
+        With ys (the scan output, (B, G*D, L)) it returns ys + C . (gamma * m) instead, accumulated
+        into ys's memory where no gradient is needed (the SS2D hook passes it: saves a full pass).
+        """
         batch, channels, n, length = hs.shape
         groups = Cs.shape[1]
         if channels != groups * self.d_inner or n != self.d_state or length != H * W:
@@ -166,4 +172,4 @@ class AdaptorT(nn.Module):
             )
         offsets = raw if self.relative else torch.sigmoid(raw) * (length - 1)
         gamma = self.gamma.to(q.dtype).expand(groups, d_inner).reshape(-1)
-        return readout_tokens(table, offsets, coeffs, Cs.to(q.dtype), gamma, self.relative, n)
+        return readout_tokens(table, offsets, coeffs, Cs.to(q.dtype), gamma, self.relative, n, add_to=ys)

@@ -298,8 +298,9 @@ class SS2D(nn.Module):
     dt_proj -> selective scan -> [adaptor_t] -> cross-merge -> [adaptor_s] -> out_norm -> (* z) -> out_proj.
 
     Adaptor hooks (plain attributes, not registered here, so the base state_dict is untouched until an
-    adaptor module is assigned): `adaptor_t(hs, Cs, H, W)` gets the hidden states (B, 4*D, N, L) and
-    returns a read-out correction (B, 4*D, L); `adaptor_s(y)` maps the merged (B, D, H, W) output.
+    adaptor module is assigned): `adaptor_t(hs, Cs, H, W, ys=ys)` gets the hidden states (B, 4*D, N, L)
+    and the scan output ys (B, 4*D, L) and returns ys plus its read-out correction (it may reuse ys's
+    memory); `adaptor_s(y)` maps the merged (B, D, H, W) output.
     """
 
     K = 4
@@ -425,7 +426,7 @@ class SS2D(nn.Module):
                 us, dts, As, Bs, Cs, Ds, delta_bias, delta_softplus=True, return_states=True,
                 backend=self.scan_backend,
             )  # fmt: skip
-            ys = ys + self.adaptor_t(hs, Cs, h, w)
+            ys = self.adaptor_t(hs, Cs, h, w, ys=ys)  # ys + read-out, in place when no grad is needed
         y = _kernels.cross_merge(ys.reshape(batch, k, d, h, w), **backend).view(batch, d, h, w)
         if self.adaptor_s is not None:
             y = self.adaptor_s(y)

@@ -74,16 +74,16 @@ class MambaAdaptorLayer(nn.Module, BaseTunerLayer):
             self.mamba_adaptor_modules[n] for n in self.active_adapters if n in self.mamba_adaptor_modules
         ]
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        """temporal: (hs, Cs, H, W) -> summed read-out corrections; spatial: y -> chained adaptors(y)."""
+    def forward(self, *args: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
+        """temporal: (hs, Cs, H, W[, ys]) -> (ys +) summed read-outs; spatial: y -> chained adaptors(y)."""
         active = self._active_modules()
         if self.kind == "temporal":
             hs, Cs, H, W = args
             if not active:
-                return hs.new_zeros(hs.shape[0], hs.shape[1], hs.shape[3])
-            out = active[0](hs, Cs, H, W)
+                return hs.new_zeros(hs.shape[0], hs.shape[1], hs.shape[3]) if ys is None else ys
+            out = active[0](hs, Cs, H, W, ys=ys)
             for module in active[1:]:
-                out = out + module(hs, Cs, H, W)
+                out = module(hs, Cs, H, W, ys=out)
             return out
         (y,) = args
         for module in active:

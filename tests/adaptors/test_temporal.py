@@ -21,10 +21,11 @@ def _as_readout_args(table, offsets, weights, C):
     return h, to4(offsets), to4(weights)
 
 
-def ref_tokens(table, offsets, weights, C, gamma, relative, d_state):
+def ref_tokens(table, offsets, weights, C, gamma, relative, d_state, add_to=None):
     """The naive loop behind the module's token-layout entry point."""
     h, off, w = _as_readout_args(table, offsets, weights, C)
-    return adaptor_t_readout_ref(h, off, w, C, gamma, relative)
+    out = adaptor_t_readout_ref(h, off, w, C, gamma, relative)
+    return out if add_to is None else add_to + out
 
 
 def _states(batch, d_inner, n, H, W, seed=0):
@@ -85,9 +86,9 @@ def test_identity_init_returns_exact_zero_but_keeps_gradients():
 def test_static_selection_offsets_do_not_depend_on_the_input(monkeypatch):
     seen = []
 
-    def spy(table, offsets, weights, C, gamma, relative, d_state):
+    def spy(table, offsets, weights, C, gamma, relative, d_state, add_to=None):
         seen.append(_as_readout_args(table, offsets, weights, C)[1].detach().clone())
-        return ref_tokens(table, offsets, weights, C, gamma, relative, d_state)
+        return ref_tokens(table, offsets, weights, C, gamma, relative, d_state, add_to)
 
     monkeypatch.setattr(temporal, "readout_tokens", spy)
     static, dynamic = _module(8, 1, selection="static"), _module(8, 1)
@@ -111,9 +112,9 @@ def test_shared_equals_per_direction_with_tied_weights():
 def test_absolute_positions_stay_inside_the_sequence(monkeypatch):
     seen = []
 
-    def spy(table, offsets, weights, C, gamma, relative, d_state):
+    def spy(table, offsets, weights, C, gamma, relative, d_state, add_to=None):
         seen.append((_as_readout_args(table, offsets, weights, C)[1], relative))
-        return ref_tokens(table, offsets, weights, C, gamma, relative, d_state)
+        return ref_tokens(table, offsets, weights, C, gamma, relative, d_state, add_to)
 
     monkeypatch.setattr(temporal, "readout_tokens", spy)
     module = AdaptorT(8, 1, MambaAdaptorConfig(offset_mode="absolute", num_heads=2, num_points=2))
@@ -142,3 +143,22 @@ def test_bf16_autocast_keeps_positions_in_float32():
         out = module(hs, Cs, 40, 40)
     assert out.dtype == torch.float32
     assert (out - ref).norm() / ref.norm() < 0.05
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_ys_is_accumulated_in_place_only_without_autograd(n):
+    """forward(..., ys=ys) == ys + forward(...); in place (same storage) only where no gradient flows."""
+    module = _module(8, n).float()
+    hs, Cs = (t.float() for t in _states(2, 8, n, 3, 5))
+    ys = torch.randn(2, 32, 15)
+    with torch.no_grad():
+        expected = ys + module(hs, Cs, 3, 5)
+        target = ys.clone()
+        out = module(hs, Cs, 3, 5, ys=target)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    assert (out.data_ptr() == target.data_ptr()) == (n == 1)  # the CPU N=1 inference path reuses ys
+    leaf = ys.clone().requires_grad_()
+    out = module(hs, Cs, 3, 5, ys=leaf)  # with autograd: out of place, gradients reach ys and phi
+    torch.testing.assert_close(out.detach(), expected, atol=1e-6, rtol=1e-6)
+    out.sum().backward()
+    assert torch.equal(leaf.grad, torch.ones_like(ys)) and module.phi_c.weight.grad.abs().max() > 0

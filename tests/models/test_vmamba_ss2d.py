@@ -113,9 +113,9 @@ class _Capture(nn.Module):
         self.value = value
         self.calls: list[tuple] = []
 
-    def forward(self, hs, Cs, H, W):
-        self.calls.append((hs, Cs, H, W))
-        return torch.full((hs.shape[0], hs.shape[1], hs.shape[3]), self.value)
+    def forward(self, hs, Cs, H, W, ys):
+        self.calls.append((hs, Cs, H, W, ys.shape))
+        return ys + torch.full((hs.shape[0], hs.shape[1], hs.shape[3]), self.value)
 
 
 @pytest.mark.parametrize("source", ["v05", "v0"])
@@ -141,11 +141,11 @@ def test_adaptor_t_hook(source, v05_file, v0_file, monkeypatch):
         ys_per_value.append(merged[1])  # stage 1's merge input (B, 4, D, H, W)
         if value == 0.0:
             torch.testing.assert_close(out, base, atol=1e-6, rtol=0)
-    hs, Cs, H, W = op.adaptor_t.calls[0]
+    hs, Cs, H, W, ys_shape = op.adaptor_t.calls[0]
     d, n = op.d_inner, op.d_state
     assert (H, W) == (2, 4)  # stage 1 grid of a 16x32 input, rectangular
     assert hs.shape == (1, 4 * d, n, H * W) and hs.dtype == torch.float32
-    assert Cs.shape == (1, 4, n, H * W)
+    assert Cs.shape == (1, 4, n, H * W) and ys_shape == (1, 4 * d, H * W)
     torch.testing.assert_close(ys_per_value[1] - ys_per_value[0], torch.full_like(ys_per_value[0], 0.5))
     assert (
         any(k.startswith("layers.1.blocks.0.op.adaptor_t") for k in model.state_dict()) is False
