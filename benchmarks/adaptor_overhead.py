@@ -6,6 +6,9 @@ the base without its head) is computed on the meta device.
 
     .venv/bin/python benchmarks/adaptor_overhead.py                      # vmamba_tiny_s1l8, batch 8, 224
     .venv/bin/python benchmarks/adaptor_overhead.py --batch 2 --repeats 2 --img-size 112
+    python benchmarks/adaptor_overhead.py --device cuda --batch 64 --repeats 5   # GPU (Triton scan)
+
+On CUDA the "cpu" columns hold synchronised wall times (host CPU time says nothing about the GPU).
 """
 
 from __future__ import annotations
@@ -41,7 +44,14 @@ BUDGETS = {
 }
 
 
-def _timed(fn) -> tuple[float, float]:
+def _timed(fn, device: torch.device) -> tuple[float, float]:
+    if device.type == "cuda":  # kernels run asynchronously: time from one sync to the next
+        torch.cuda.synchronize(device)
+        wall = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - wall
+        return elapsed, elapsed
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - wall, time.process_time() - cpu
@@ -89,7 +99,7 @@ def measure_interleaved(
             elif label == "plain, head only":  # the frozen-base baseline for the backward pass
                 for p in model.parameters():
                     p.requires_grad_(p in head)
-            wall, cpu = _timed(make_step(model, x, backward))
+            wall, cpu = _timed(make_step(model, x, backward), x.device)
             if label in ROWS:
                 remove_adaptors(model)
             for p in model.parameters():
@@ -131,15 +141,18 @@ def main() -> None:
     parser.add_argument("--no-backward", action="store_true", help="forward rows only")
     parser.add_argument("--budgets-only", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model then runs the Triton scan)")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    where_run = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {where_run}")
     if not args.budgets_only:
         torch.manual_seed(0)
-        model = create_model(args.model, num_classes=args.num_classes)
-        x = torch.randn(args.batch, 3, args.img_size, args.img_size)
+        model = create_model(args.model, num_classes=args.num_classes).to(device)
+        x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
         size = f"{args.img_size}x{args.img_size}"
         print(f"\n{args.model}, batch {args.batch}, {size}, {args.repeats} interleaved rounds")
         header = ("variant", "pass", "best s", "median s", "cpu best", "cpu med", "ratio wall", "ratio cpu")

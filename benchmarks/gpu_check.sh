@@ -160,6 +160,11 @@ for shape in [(64, 192, 56, 56), (64, 384, 28, 28), (64, 768, 14, 14)]:
         print(f"{str(shape):>20} {op:>6} {tt:10.3f} {tr:9.3f} {nbytes / tt / 1e6:7.0f} {str(torch.equal(tri(arg), ref(arg))):>6}")
 PYEOF
 
+# The whole model on the GPU (Triton scan): vmamba_tiny_s1l8 at batch 64, plain vs Mamba-Adaptor,
+# forward and forward+backward, ratios measured in the same run.
+TAIL_LINES=16 run_step adaptor_gpu 120 "$PY" benchmarks/adaptor_overhead.py --device cuda --batch 64 \
+  --repeats 5
+
 # The rest of tests/kernels (torch path, dispatch) last: useful, but not what needs the GPU.
 TAIL_LINES=8 run_step other_kernel_tests 60 "$PY" -m pytest -q -p no:cacheprovider -rfE ${KSEL[@]+"${KSEL[@]}"} tests/kernels \
   --ignore=tests/kernels/test_scan_triton.py --ignore=tests/kernels/test_cross_scan_triton.py
@@ -171,6 +176,10 @@ cat "$SUMMARY"
 for f in correctness cross_bench; do
   if [ -s "$LOG_DIR/$f.log" ]; then echo "--- $f"; grep -v '^$' "$LOG_DIR/$f.log" | tail -n 12; fi
 done
+if [ -s "$LOG_DIR/adaptor_gpu.log" ]; then
+  echo "--- adaptor_gpu"
+  grep -E 'device|batch|fwd' "$LOG_DIR/adaptor_gpu.log" || true
+fi
 for f in scan_bench_b2 scan_bench_b64; do
   if [ -s "$LOG_DIR/$f.log" ]; then
     echo "--- $f (all rows: $LOG_DIR/$f.log)"

@@ -265,7 +265,9 @@ def _ssm_bwd_kernel(
             ddt = ddt * tl.sigmoid(z)
         tl.store(du_rows + t, du, mask=m_rt)
         tl.store(ddl_rows + t, ddt, mask=m_rt)
-        dA_acc += tl.sum(gg * (dt * ah), axis=2, keep_dims=True)
+        # Masked: past the end of the sequence gg is 0 only in exact arithmetic, and 0 * whatever the
+        # padded lanes hold must not reach dA (an L = 1 tile gave garbage on an H100 without it).
+        dA_acc += tl.sum(tl.where(m_rt, gg * (dt * ah), 0.0), axis=2, keep_dims=True)
         db_acc += tl.sum(tl.where(m_rt, ddt, 0.0), axis=2, keep_dims=True)
     tl.store(dA_ptr + b * KD * N + ch * N + n, dA_acc, mask=rn_mask)
     tl.store(dD_ptr + b * KD + ch, dD_acc, mask=rmask)

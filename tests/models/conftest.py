@@ -44,4 +44,3 @@ def v05_io(conformance_dir: Path) -> dict[str, torch.Tensor]:
 def v0_io(conformance_dir: Path) -> dict[str, torch.Tensor]:
     """Reference inputs/logits/features of the small v0 model."""
     return load_file(str(conformance_dir / "small_v0_ln_io.safetensors"))
-
