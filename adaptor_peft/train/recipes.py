@@ -66,6 +66,7 @@ class Recipe:
     lr: float = 1e-3
     head_lr: float | None = None  # a separate learning rate for the classifier head
     base_lr: float | None = None  # a separate (smaller) learning rate for base weights (booster)
+    layer_decay: float | None = None  # booster: base lr x layer_decay ** (depth from the top), e.g. 0.8
     weight_decay: float = 0.05  # never applied to norms, biases and other 1-D parameters
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
@@ -120,6 +121,11 @@ class Recipe:
             raise bad("val_fraction", "must be in [0, 1)")
         if self.label_smoothing >= 1.0:
             raise bad("label_smoothing", "must be < 1")
+        if self.layer_decay is not None:
+            if not 0.0 < self.layer_decay <= 1.0:
+                raise bad("layer_decay", "must be in (0, 1]")
+            if self.base_lr is None:
+                raise bad("layer_decay", "needs base_lr (it scales base_lr; without it the base is frozen)")
         if self.num_classes is not None and self.num_classes < 1:
             raise bad("num_classes", "must be >= 1")
         for key in ("mean", "std"):

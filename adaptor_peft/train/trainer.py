@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_write_text
+from ..booster import booster_param_groups
 from .checkpointing import (
     CKPT_DIR,
     find_resumable,
@@ -133,6 +134,15 @@ def build_sources(recipe: Recipe) -> tuple[ImageSource, ImageSource | None]:
 
 def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on norms, biases, 1-D tensors and no_weight_decay names; per-part lrs."""
+    if recipe.layer_decay is not None:  # booster with layer-wise base rates (timm group_matcher depth)
+        return booster_param_groups(
+            model,
+            base_lr=recipe.base_lr,
+            adaptor_lr=recipe.lr,
+            weight_decay=recipe.weight_decay,
+            head_lr=recipe.head_lr if recipe.head_lr is not None else recipe.lr,
+            layer_decay=recipe.layer_decay,
+        )
     skip = set()
     if hasattr(model, "no_weight_decay"):
         skip = set(model.no_weight_decay())

@@ -229,3 +229,28 @@ def test_label_outside_head_is_reported(toy_data, tmp_path):
         DataError, match=rf"{toy_data[0]}: label 3 at index \d+ is outside the model head \(num_classes=3\)"
     ):
         train(recipe(toy_data, tmp_path / "x", num_classes=3))
+
+
+def test_booster_layer_decay_groups(toy_data, tmp_path):
+    """base_lr + layer_decay: base rates fall with depth from the top (timm group_matcher), adaptors and
+    the head keep their own; without base_lr (frozen base) or outside (0, 1] the recipe is refused."""
+    from adaptor_peft.models import create_model
+    from adaptor_peft.train.methods import get_method
+    from adaptor_peft.train.recipes import RecipeError
+
+    rec = recipe(toy_data, tmp_path / "b", base_lr=1e-3, layer_decay=0.5, head_lr=0.05)
+    model = get_method(rec.method).prepare(create_model(rec.model, num_classes=4), rec)
+    groups = trainer_mod.param_groups(model, rec)
+    base = sorted({g["lr"] for g in groups if g["group_name"].startswith("base")})
+    depth = len(base) - 1
+    assert depth >= 3 and base == pytest.approx([1e-3 * 0.5**i for i in range(depth, -1, -1)])
+    assert {g["lr"] for g in groups if g["group_name"].startswith("adaptor")} == {0.01}
+    assert {g["lr"] for g in groups if g["group_name"].startswith("head")} == {0.05}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(trainable)
+    result = train(rec)  # and the trainer runs with them
+    assert result.steps == 6
+    with pytest.raises(RecipeError, match="layer_decay.*needs base_lr"):
+        recipe(toy_data, tmp_path / "c", layer_decay=0.5)
+    with pytest.raises(RecipeError, match=r"layer_decay.*\(0, 1\]"):
+        recipe(toy_data, tmp_path / "d", base_lr=1e-3, layer_decay=1.5)
