@@ -9,7 +9,8 @@
 # the package on PYTHONPATH. Logs go to $OUT (if set) or a temp dir.
 # Env: PYTHON (default python3); GPU_CHECK_SKIP_INSTALL=1 (package already importable); PEAK_GBS
 # (device peak bandwidth for the % column); GPU_CHECK_BUDGET_S (total wall budget, default 450 s:
-# a step that would start past it is skipped, and each step's timeout is cut to what is left).
+# a step that would start past it is skipped, and each step's timeout is cut to what is left);
+# GPU_CHECK_ONLY="step step ..." runs only the named steps (e.g. a rerun after a fix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,9 @@ START=$SECONDS
 run_step() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    return 0
+  fi
   local left=$((BUDGET - (SECONDS - START)))
   if [ "$left" -lt 20 ]; then
     printf '%-14s %-22s %6s\n' "$name" "skipped(budget)" "-" >>"$SUMMARY"
@@ -85,7 +89,10 @@ if [ ! -d ../shared/conformance ]; then KSEL=(-k "not conformance"); fi
 
 # Kernel tests on CUDA (conftest leaves TRITON_INTERPRET unset when CUDA is present).
 TAIL_LINES=15 run_step triton_tests 150 "$PY" -m pytest -q -p no:cacheprovider -rfE --durations=5 \
-  ${KSEL[@]+"${KSEL[@]}"} tests/kernels/test_scan_triton.py tests/kernels/test_cross_scan_triton.py
+  ${KSEL[@]+"${KSEL[@]}"} tests/kernels/test_scan_triton.py tests/kernels/test_cross_scan_triton.py \
+  tests/kernels/test_adaptor_t_triton.py tests/kernels/test_dispatch.py \
+  tests/adaptors/test_temporal.py::test_triton_path_equals_torch_path \
+  tests/adaptors/test_inject.py::test_injected_model_on_the_triton_backend_matches_torch
 # Triton vs the sequential reference (fp64) at real shapes: forward error and gradient errors.
 TAIL_LINES=12 run_step correctness 75 "$PY" - <<'PYEOF'
 import math, torch
@@ -160,6 +167,9 @@ for shape in [(64, 192, 56, 56), (64, 384, 28, 28), (64, 768, 14, 14)]:
         print(f"{str(shape):>20} {op:>6} {tt:10.3f} {tr:9.3f} {nbytes / tt / 1e6:7.0f} {str(torch.equal(tri(arg), ref(arg))):>6}")
 PYEOF
 
+# The fused Adaptor-T read-out kernel vs the torch path (embedding_bag) at VMamba-T stage shapes.
+TAIL_LINES=14 run_step adaptor_kernel 60 "$PY" benchmarks/adaptor_t_kernel.py
+
 # The whole model on the GPU (Triton scan): vmamba_tiny_s1l8 at batch 64, plain vs Mamba-Adaptor,
 # forward and forward+backward, ratios measured in the same run.
 TAIL_LINES=16 run_step adaptor_gpu 120 "$PY" benchmarks/adaptor_overhead.py --device cuda --batch 64 \
@@ -167,13 +177,14 @@ TAIL_LINES=16 run_step adaptor_gpu 120 "$PY" benchmarks/adaptor_overhead.py --de
 
 # The rest of tests/kernels (torch path, dispatch) last: useful, but not what needs the GPU.
 TAIL_LINES=8 run_step other_kernel_tests 60 "$PY" -m pytest -q -p no:cacheprovider -rfE ${KSEL[@]+"${KSEL[@]}"} tests/kernels \
-  --ignore=tests/kernels/test_scan_triton.py --ignore=tests/kernels/test_cross_scan_triton.py
+  --ignore=tests/kernels/test_scan_triton.py --ignore=tests/kernels/test_cross_scan_triton.py \
+  --ignore=tests/kernels/test_adaptor_t_triton.py --ignore=tests/kernels/test_dispatch.py
 
 echo
 echo "# gpu_check summary ($GPU_NAME, peak ${PEAK} GB/s, total $((SECONDS - START))s; logs: $LOG_DIR)"
 printf '%-14s %-22s %6s\n' step status time
 cat "$SUMMARY"
-for f in correctness cross_bench; do
+for f in correctness cross_bench adaptor_kernel; do
   if [ -s "$LOG_DIR/$f.log" ]; then echo "--- $f"; grep -v '^$' "$LOG_DIR/$f.log" | tail -n 12; fi
 done
 if [ -s "$LOG_DIR/adaptor_gpu.log" ]; then

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from adaptor_peft.kernels.adaptor_t import PAD_BEFORE, readout_tokens, states_table
+from adaptor_peft.kernels.dispatch import resolve_backend
 
 from .config import MambaAdaptorConfig
 
@@ -132,6 +133,55 @@ class AdaptorT(nn.Module):
                 f"AdaptorT(d_inner={self.d_inner}, d_state={self.d_state}) got states {tuple(hs.shape)} "
                 f"and C {tuple(Cs.shape)} for a {H}x{W} grid"
             )
+        if resolve_backend(None, hs) == "triton":
+            return self._forward_triton(hs, Cs, ys)
+        return self._forward_torch(hs, Cs, ys)
+
+    def _predictor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight (G or 1, parts*S*K, in), bias (G or 1, parts*S*K)): phi_p rows then phi_c rows."""
+        if self.dynamic:  # one GEMM for both predictors
+            weight = torch.cat([self.phi_p.weight, self.phi_c.weight], dim=1)
+            bias = torch.cat([self.phi_p.bias, self.phi_c.bias], dim=1)
+        else:
+            weight, bias = self.phi_c.weight, self.phi_c.bias
+        return weight, bias
+
+    def _offsets(self, raw: torch.Tensor | None, like: torch.Tensor, length: int) -> torch.Tensor:
+        """Sampling offsets (B, L, G, S, K) from the phi_p outputs (or the static offsets)."""
+        if raw is None:
+            batch, _, groups = like.shape[:3]
+            raw = (
+                self.static_offsets.to(like.dtype)
+                .expand(groups, self.heads, self.points)
+                .expand(batch, length, -1, -1, -1)
+            )
+        return raw if self.relative else torch.sigmoid(raw) * (length - 1)
+
+    def _forward_triton(self, hs: torch.Tensor, Cs: torch.Tensor, ys: torch.Tensor | None) -> torch.Tensor:
+        """GPU path: predictors as one batched GEMM on the channel-major states, one fused read-out kernel."""
+        from adaptor_peft.kernels.adaptor_t_triton import adaptor_t_readout_triton
+
+        batch, channels, n, length = hs.shape
+        groups = Cs.shape[1]
+        heads, points, d_inner = self.heads, self.points, self.d_inner
+        acc = torch.float64 if hs.dtype == torch.float64 else torch.float32
+        q = hs.reshape(batch, groups, d_inner * n, length)  # a view of the Triton scan's states
+        if self.phi_input == "state_mean":
+            q = q.view(batch, groups, d_inner, n, length).mean(3)
+        weight, bias = self._predictor()
+        # (B, G, parts*S*K, L): every direction's predictor applied to its own channels, no transpose
+        pred = (torch.matmul(weight.to(q.dtype), q) + bias.to(q.dtype)[..., None]).to(acc)
+        pred = pred.view(batch, groups, -1, heads, points, length)
+        coeffs = torch.softmax(pred[:, :, -1], dim=3).permute(0, 4, 1, 2, 3)  # (B, L, G, S, K) view
+        raw = pred[:, :, 0].permute(0, 4, 1, 2, 3) if self.dynamic else None
+        offsets = self._offsets(raw, coeffs, length)
+        gamma = self.gamma.to(acc).expand(groups, d_inner).reshape(-1)
+        return adaptor_t_readout_triton(hs, offsets, coeffs, Cs, gamma, self.relative, add_to=ys)
+
+    def _forward_torch(self, hs: torch.Tensor, Cs: torch.Tensor, ys: torch.Tensor | None) -> torch.Tensor:
+        """CPU path: predictors and the embedding_bag read-out on one channel-last table of the states."""
+        batch, channels, n, length = hs.shape
+        groups = Cs.shape[1]
         heads, points, d_inner = self.heads, self.points, self.d_inner
         # One channel-last copy of the states serves both the predictors (a plain GEMM over tokens)
         # and the gather (rows of D/S contiguous features).
@@ -140,11 +190,7 @@ class AdaptorT(nn.Module):
         q = table.view(batch * rows, groups, d_inner * n)
         if self.phi_input == "state_mean":
             q = q.view(batch * rows, groups, d_inner, n).mean(-1)
-        if self.dynamic:  # one GEMM for both predictors
-            weight = torch.cat([self.phi_p.weight, self.phi_c.weight], dim=1)
-            bias = torch.cat([self.phi_p.bias, self.phi_c.bias], dim=1)
-        else:
-            weight, bias = self.phi_c.weight, self.phi_c.bias
+        weight, bias = self._predictor()
         # Predictor rows reordered point-major (row s*K + k -> k*S + s) and the GEMM written
         # transposed, (rows, tokens): the softmax over K then runs on the outermost axis (far faster
         # than over a size-K innermost one) and every later elementwise step is contiguous.
@@ -162,14 +208,7 @@ class AdaptorT(nn.Module):
         pred = pred.to(q.dtype).view(parts, points, heads, batch, rows, groups)  # fp32 under autocast too
         tokens = slice(PAD_BEFORE, PAD_BEFORE + length)
         coeffs = torch.softmax(pred[-1], dim=0)[:, :, :, tokens].permute(2, 3, 4, 1, 0)  # (B, L, G, S, K)
-        if self.dynamic:
-            raw = pred[0][:, :, :, tokens].permute(2, 3, 4, 1, 0)
-        else:
-            raw = (
-                self.static_offsets.to(q.dtype)
-                .expand(groups, heads, points)
-                .expand(batch, length, -1, -1, -1)
-            )
-        offsets = raw if self.relative else torch.sigmoid(raw) * (length - 1)
+        raw = pred[0][:, :, :, tokens].permute(2, 3, 4, 1, 0) if self.dynamic else None
+        offsets = self._offsets(raw, coeffs, length)
         gamma = self.gamma.to(q.dtype).expand(groups, d_inner).reshape(-1)
         return readout_tokens(table, offsets, coeffs, Cs.to(q.dtype), gamma, self.relative, n, add_to=ys)

@@ -231,3 +231,23 @@ def test_booster_mode_keeps_everything_trainable(build_conformance_model):
     model = build_conformance_model("small_v05noz_ln2d")
     inject_adaptors(model, MambaAdaptorConfig(), freeze_base=False)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_injected_model_on_the_triton_backend_matches_torch(monkeypatch):
+    """The whole injected model with every kernel on Triton (scan, cross-scan/merge, Adaptor-T read-out;
+    the interpreter on CPU) gives the torch backend's features and adaptor gradients."""
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = create_model("test_vmamba", num_classes=10)
+    inject_adaptors(model, MambaAdaptorConfig(init="random"))
+    model.to(device)
+    x = torch.randn(1, 3, 32, 16, device=device)  # rectangular
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("ADAPTOR_PEFT_SCAN", backend)
+        feats = model.forward_features(x)
+        params = [p for n, p in model.named_parameters() if ".adaptor_t." in n]
+        results[backend] = (feats.detach(), torch.autograd.grad(feats.pow(2).mean(), params))
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=2e-5, rtol=1e-4)
+    for a, b in zip(results["triton"][1], results["torch"][1]):
+        torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item() + 1e-9, rtol=1e-3)

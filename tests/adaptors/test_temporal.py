@@ -162,3 +162,35 @@ def test_ys_is_accumulated_in_place_only_without_autograd(n):
     torch.testing.assert_close(out.detach(), expected, atol=1e-6, rtol=1e-6)
     out.sum().backward()
     assert torch.equal(leaf.grad, torch.ones_like(ys)) and module.phi_c.weight.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize(
+    "n, kw",
+    [
+        (1, {}),
+        (2, {}),
+        (1, {"selection": "static"}),
+        (2, {"offset_mode": "absolute", "share_across_directions": False}),
+    ],
+)
+def test_triton_path_equals_torch_path(n, kw, monkeypatch):
+    """The GPU path (batched-GEMM predictors + the fused Triton read-out, run by the interpreter here)
+    gives the torch path's output and gradients in float64, for every parameter and input."""
+    from adaptor_peft.kernels.dispatch import _interpreter_on
+
+    if not _interpreter_on() and not torch.cuda.is_available():
+        pytest.fail("conftest sets TRITON_INTERPRET=1 on CPU machines")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = _module(8, n, **kw).to(device)
+    hs, Cs = (t.to(device) for t in _states(2, 8, n, 3, 5))
+    ys = torch.randn(2, 32, 15, dtype=torch.float64, device=device)
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("ADAPTOR_PEFT_SCAN", backend)
+        leaves = [hs.clone().requires_grad_(), Cs.clone().requires_grad_(), ys.clone().requires_grad_()]
+        out = module(leaves[0], leaves[1], 3, 5, ys=leaves[2])
+        grads = torch.autograd.grad(out.pow(2).sum(), [*leaves, *module.parameters()])
+        results[backend] = (out, grads)
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-12, rtol=1e-12)
+    for a, b in zip(results["triton"][1], results["torch"][1]):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
