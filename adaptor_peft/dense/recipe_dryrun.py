@@ -276,11 +276,11 @@ def build_model(
 
 def build_classification_transform(recipe: dict[str, Any], img_size: int | None = None) -> Any:
     """timm create_transform training pipeline with the recipe's RandAugment / erasing / jitter settings."""
-    from timm.data import create_transform
+    from adaptor_peft.train.augment import create_train_transform
 
     a, d = recipe.get("augment") or {}, recipe["data"]
     kwargs = dict(
-        input_size=img_size or d["img_size"], is_training=True, auto_augment=a.get("auto_augment"),
+        input_size=img_size or d["img_size"], auto_augment=a.get("auto_augment"),
         re_prob=a.get("re_prob", 0.0), re_mode=a.get("re_mode", "pixel"), re_count=a.get("re_count", 1),
         color_jitter=a.get("color_jitter", 0.4), hflip=a.get("hflip", 0.5),
         interpolation=a.get("interpolation", d.get("interpolation", "bicubic")),
@@ -290,7 +290,7 @@ def build_classification_transform(recipe: dict[str, Any], img_size: int | None 
             kwargs[key] = tuple(a[key])
     if "mean" in d:
         kwargs["mean"], kwargs["std"] = tuple(d["mean"]), tuple(d["std"])
-    return create_transform(**kwargs)
+    return create_train_transform(**kwargs)
 
 
 def build_mixup(recipe: dict[str, Any]) -> Any:

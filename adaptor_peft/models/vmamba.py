@@ -865,7 +865,7 @@ class VSSM(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         layers = self.layers if (torch.jit.is_scripting() or not stop_early) else self.layers[: max_index + 1]
         intermediates = []
-        x = self._embed(x)
+        x = self._embed(check_model_input(self, x))
         last = len(self.layers) - 1
         for i, layer in enumerate(layers):
             x = layer.blocks(x)

@@ -284,11 +284,10 @@ class Preprocess:
         self.random = train and recipe.augment == "timm"
         self.timm_tf = None
         if self.random:
-            from timm.data import create_transform
+            from .augment import create_train_transform
 
-            self.timm_tf = create_transform(
+            self.timm_tf = create_train_transform(
                 input_size=recipe.img_size,
-                is_training=True,
                 scale=tuple(recipe.crop_scale),
                 hflip=recipe.hflip,
                 vflip=0.0,
