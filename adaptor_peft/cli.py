@@ -51,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         help="evaluate a finished run on a dataset",
         description="Evaluate a trained run (run directory or its recipe) on a dataset.",
     )
-    p.add_argument("run", help="run directory (holds recipe.yaml and result.json) or the recipe file")
+    p.add_argument(
+        "run",
+        help="run directory (holds recipe.yaml and result.json), its recipe file, or a trained adaptor file",
+    )
+    p.add_argument("--base", help="base checkpoint for an adaptor file (default: the base its recipe names)")
     p.add_argument(
         "--data", help="dataset (.npz, ImageFolder dir, datasets dir); default: the recipe's eval_data"
     )
@@ -66,8 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         help="top-k classes for images or a folder",
         description="Predict the top-k classes of image files (folders are searched recursively).",
     )
-    p.add_argument("run", help="run directory or its recipe file")
+    p.add_argument("run", help="run directory, its recipe file, or a trained adaptor file (.safetensors)")
     p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--base", help="base checkpoint for an adaptor file (default: the base its recipe names)")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--weights", help="trained file to load instead of the run's own")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
@@ -141,7 +146,7 @@ def _print_result(result: object) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from adaptor_peft.train.inference import evaluate_dataset, load_trained
 
-    trained = load_trained(args.run, args.weights)
+    trained = load_trained(args.run, args.weights, args.base)
     m = evaluate_dataset(trained, args.data, args.split, args.batch_size)
     if args.json:
         print(json.dumps(m))
@@ -155,7 +160,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from adaptor_peft.train.inference import image_files, load_trained, predict_files
 
-    trained = load_trained(args.run, args.weights)
+    trained = load_trained(args.run, args.weights, args.base)
     for row in predict_files(trained, image_files(args.images), args.topk):
         if args.json:
             print(json.dumps(row))

@@ -185,3 +185,54 @@ def test_shipped_checkpoint_builds():
     assert (ASSETS_DIR / "FASHION_MNIST_LICENSE.txt").is_file() and (
         ASSETS_DIR / "MNIST_LICENSE.txt"
     ).is_file()
+
+
+def test_eval_and_predict_from_the_adaptor_file_alone(trained_run, tmp_path, capsys):
+    """The adaptor file carries its recipe: eval/predict need no run directory; --base swaps in base
+    weights (checked against the file's base fingerprint: the wrong base is a one-line error)."""
+    from safetensors.torch import save_file
+
+    from adaptor_peft.train.recipes import load_recipe
+    from adaptor_peft.train.trainer import build_model
+
+    root, _ = trained_run
+    adaptor = tmp_path / "moved" / "adaptor.safetensors"  # away from its run directory
+    adaptor.parent.mkdir()
+    adaptor.write_bytes((root / "run" / "adaptor.safetensors").read_bytes())
+    assert main(["eval", str(root / "run"), "--json"]) == 0
+    from_run = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(adaptor), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == from_run
+
+    recipe = load_recipe(root / "run" / "recipe.yaml")
+    for seed, name in ((recipe.seed, "base.safetensors"), (recipe.seed + 1, "other.safetensors")):
+        torch.manual_seed(seed)
+        save_file(build_model(recipe, 4).state_dict(), str(tmp_path / name))
+    assert main(["eval", str(adaptor), "--base", str(tmp_path / "base.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == from_run
+    x, _ = toy_images(2, num_classes=4, size=12, seed=5)
+    for i, img in enumerate(x):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+    images = [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
+    assert main(["predict", str(root / "run"), *images, "--json"]) == 0
+    expected = capsys.readouterr().out
+    assert (
+        main(["predict", str(adaptor), *images, "--base", str(tmp_path / "base.safetensors"), "--json"]) == 0
+    )
+    assert capsys.readouterr().out == expected
+
+    assert main(["eval", str(adaptor), "--base", str(tmp_path / "other.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "fingerprint" in err and str(adaptor) in err
+    assert main(["eval", str(adaptor), "--base", str(tmp_path / "missing.pth")]) == 1
+    assert "base checkpoint not found" in capsys.readouterr().err
+    assert main(["eval", str(root / "run"), "--base", str(tmp_path / "base.safetensors")]) == 1
+    assert "goes with an adaptor file" in capsys.readouterr().err
+    plain = tmp_path / "plain.safetensors"  # an adaptor file saved from Python: no recipe inside
+    from adaptor_peft import create_model, inject_adaptors, save_adaptors
+    from adaptor_peft.adaptors import MambaAdaptorConfig
+
+    save_adaptors(inject_adaptors(create_model("test_vmamba"), MambaAdaptorConfig()), plain)
+    assert main(["eval", str(plain)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {plain} [recipe]: holds no training recipe") and "load_adaptors" in err

@@ -29,9 +29,63 @@ class TrainedModel:
     run_dir: Path
 
 
-def load_trained(source: str | os.PathLike, artefact: str | os.PathLike | None = None) -> TrainedModel:
-    """Rebuild base model + method + trained tensors from a run dir (or a recipe whose output_dir ran)."""
+def _looks_like_file(model: Any) -> bool:
+    return isinstance(model, str) and (
+        model.startswith("asset:") or Path(model).suffix in (".safetensors", ".pth", ".pt", ".bin")
+    )
+
+
+def _from_adaptor_file(path: Path, base: str | os.PathLike | None) -> tuple[Recipe, list[str]]:
+    """The training recipe and class names an `adaptor-peft train` adaptor file carries in its header.
+
+    base replaces the base weights the recipe names: the recipe's model when that is a checkpoint
+    file, else its `checkpoint` (a VMamba name or config then builds the architecture).
+    """
+    from adaptor_peft.io import AdaptorMetadataError, parse_adaptor_header, read_safetensors
+
+    header = parse_adaptor_header(read_safetensors(path, header_only=True))
+    meta = header.user_metadata
+    if not isinstance(meta.get("recipe"), dict):
+        raise AdaptorMetadataError(
+            path,
+            "holds no training recipe (it was not written by `adaptor-peft train`); load it in Python with "
+            "adaptor_peft.load_adaptors(base_model, path)",
+            key="recipe",
+        )
+    data = dict(meta["recipe"])
+    if base is not None:
+        if not Path(base).is_file():
+            raise FileNotFoundError(f"base checkpoint not found: {base}")
+        data["model" if _looks_like_file(data.get("model")) else "checkpoint"] = str(base)
+    data["output_dir"] = str(path.parent)
+    recipe = load_recipe(data)
+    classes = [str(c) for c in meta.get("classes") or []]
+    if not classes:
+        classes = [str(i) for i in range(int(header.base_config.get("num_classes", 0)))]
+    return recipe, classes
+
+
+def load_trained(
+    source: str | os.PathLike,
+    artefact: str | os.PathLike | None = None,
+    base: str | os.PathLike | None = None,
+) -> TrainedModel:
+    """Rebuild base model + method + trained tensors from a run dir, a recipe whose output_dir ran, or
+    a trained adaptor file (.safetensors: its header carries the recipe; `base` swaps the base weights)."""
     source = Path(source)
+    if source.is_file() and source.suffix == ".safetensors":
+        if artefact is not None:
+            raise ValueError(f"{source} is itself the trained file: pass either it or --weights, not both")
+        recipe, classes = _from_adaptor_file(source, base)
+        method = get_method(recipe.method)
+        with torch.random.fork_rng(devices=[]):  # as the trainer built it (see below)
+            torch.manual_seed(recipe.seed)
+            model = method.prepare(build_model(recipe, len(classes)), recipe)
+        model = method.load(model, source)
+        model.eval()
+        return TrainedModel(model, recipe, classes, source.parent)
+    if base is not None:
+        raise ValueError("a base checkpoint goes with an adaptor file, not with a run directory or recipe")
     if source.is_dir():
         run_dir, recipe_path = source, source / RECIPE_FILE
         if not recipe_path.is_file():
