@@ -7,8 +7,6 @@ float64 reference on the same inputs).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from adaptor_peft.kernels.adaptor_t import readout_tokens, states_table
@@ -347,31 +345,10 @@ def test_gpu_tile_choice():
     assert _tiles(768, 4, 49, interpreted=False, heads_total=512)[:3] == (4, 4, 64)
 
 
-SM90_COMPILE_SCRIPT = r"""
-import os, re, subprocess, sys
-os.environ.pop("TRITON_INTERPRET", None)  # compile real GPU kernels, not interpreter stubs
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+SM90_BUILDS = r"""
 import adaptor_peft.kernels.adaptor_t_triton as at
 
 UNIT = {"sh_l", "sC_l", "sdo_l", "so_l", "sw_l", "s_gamma", "sa_l"}  # the module's token-contiguous views
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-
-def build(label, fn, consts, dtype="fp32"):
-    consts = dict(consts, **{k: 1 for k in fn.arg_names if k in UNIT})  # stride-1 specialisation
-    sig = {k: f"*{dtype}" if k.endswith("_ptr") else "i32" for k in fn.arg_names}
-    sig.update({k: "constexpr" for k in consts})
-    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    path = os.path.join(sys.argv[1], label.replace(" ", "_") + ".ptx")
-    open(path, "w").write(kernel.asm["ptx"])
-    cmd = [PTXAS, "-v", "--gpu-name", "sm_90a", path, "-o", path + ".cubin"]
-    err = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-    regs = re.search(r"Used (\d+) registers", err)
-    spills = re.search(r"(\d+) bytes spill stores", err)
-    print("OK", label, "regs", regs and regs.group(1), "spill_stores", spills and spills.group(1))
-
 t = at._tiles(96, 4, 3136, interpreted=False, heads_total=512)
 fwd = dict(RELATIVE=True, ACC=tl.float32, BLOCK_D=t.d, BLOCK_K=t.k, BLOCK_L=t.l)
 bwd = dict(fwd, CLAMP_INCLUSIVE=False, HAS_DH=True, BLOCK_D=t.bwd_d)
@@ -386,19 +363,8 @@ build("bwd N16", at._readout_bwd_kernel, dict(bwd, BLOCK_N=16))
 def test_kernels_lower_for_sm90(tmp_path):
     """Lower the forward and backward kernels for sm_90 (bundled ptxas, no GPU): a construct the GPU
     backend rejects fails here too, and the GPU tiles must not spill registers."""
-    import subprocess
-    import sys
+    from sm90_lowering import lower_in_subprocess
 
-    import triton
-    from adaptor_peft.kernels.triton_utils import ptxas_available
-
-    if not ptxas_available():
-        pytest.skip(f"no bundled ptxas in triton {triton.__version__}")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", SM90_COMPILE_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("OK ")]
-    assert [line.split(" regs")[0][3:] for line in lines] == ["fwd N1", "bwd N1", "fwd N16 abs", "bwd N16"]
-    assert all(line.endswith("spill_stores 0") or line.endswith("spill_stores None") for line in lines), lines
+    rows = lower_in_subprocess(SM90_BUILDS, tmp_path)
+    assert [label for label, _, _ in rows] == ["fwd N1", "bwd N1", "fwd N16 abs", "bwd N16"]
+    assert all(not spills for _, _, spills in rows), rows

@@ -7,7 +7,6 @@ max |g - g_ref| <= 1e-4 * max |g_ref| per input, with the reference run in float
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -263,32 +262,11 @@ def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         selective_scan_triton(u, delta, A, B, C)
 
 
-SM90_COMPILE_SCRIPT = r"""
-import os, re, subprocess, sys
-os.environ.pop("TRITON_INTERPRET", None)  # compile real GPU kernels, not interpreter stubs
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+SM90_BUILDS = r"""
 import adaptor_peft.kernels.cross_scan_triton as cs
 import adaptor_peft.kernels.scan_triton as st
 
 UNIT = {"su_l", "sd_l", "sB_l", "sC_l", "shs_l", "sdy_l", "sdh_l", "sA_n", "sx_w", "sy_l", "so_w"}
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-
-def build(label, fn, consts, warps, dtype="fp32"):
-    consts = dict(consts, **{k: 1 for k in fn.arg_names if k in UNIT})  # stride-1 specialisation
-    sig = {k: f"*{dtype}" if k.endswith("_ptr") else "i32" for k in fn.arg_names}
-    sig.update({k: "constexpr" for k in consts})
-    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-    path = os.path.join(sys.argv[1], label.replace(" ", "_") + ".ptx")
-    open(path, "w").write(kernel.asm["ptx"])
-    cmd = [PTXAS, "-v", "--gpu-name", "sm_90a", path, "-o", path + ".cubin"]
-    err = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-    regs = re.search(r"Used (\d+) registers", err)
-    spills = re.search(r"(\d+) bytes spill stores", err)
-    print("OK", label, "regs", regs and regs.group(1), "spill_stores", spills and spills.group(1))
-
 f32 = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, ACC=tl.float32)
 fwd = dict(f32, STORE_CK=True)
 bwd = dict(f32, NATIVE_REVERSE=False)
@@ -308,18 +286,7 @@ build("cross_merge bf16", cs._cross_merge_kernel, dict(tile, BF16=True), 4, "bf1
 def test_kernels_lower_for_sm90(tmp_path):
     """The interpreter does not compile anything: lower the GPU kernels for sm_90 (Triton's bundled
     ptxas, no GPU needed) so a construct the GPU backend rejects fails here too."""
-    import subprocess
-    import sys
+    from sm90_lowering import lower_in_subprocess
 
-    import triton
-    from adaptor_peft.kernels.triton_utils import ptxas_available
-
-    if not ptxas_available():
-        pytest.skip(f"no bundled ptxas in triton {triton.__version__}")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", SM90_COMPILE_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    labels = [line.split(" regs")[0][3:] for line in proc.stdout.splitlines() if line.startswith("OK ")]
+    labels = [label for label, _, _ in lower_in_subprocess(SM90_BUILDS, tmp_path)]
     assert labels == ["fwd N1", "bwd N1", "fwd N16", "bwd N16", "cross_scan", "cross_merge bf16"]
