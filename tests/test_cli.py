@@ -228,6 +228,11 @@ def test_eval_and_predict_from_the_adaptor_file_alone(trained_run, tmp_path, cap
     assert "base checkpoint not found" in capsys.readouterr().err
     assert main(["eval", str(root / "run"), "--base", str(tmp_path / "base.safetensors")]) == 1
     assert "goes with an adaptor file" in capsys.readouterr().err
+    with_file_base = tmp_path / "file_base.safetensors"  # a recipe naming a base file that is gone
+    _rewrite_user_recipe(adaptor, with_file_base, model=str(tmp_path / "gone.safetensors"))
+    assert main(["eval", str(with_file_base)]) == 1
+    err = capsys.readouterr().err
+    assert "gone.safetensors" in err and "pass its location with --base" in err
     plain = tmp_path / "plain.safetensors"  # an adaptor file saved from Python: no recipe inside
     from adaptor_peft import create_model, inject_adaptors, save_adaptors
     from adaptor_peft.adaptors import MambaAdaptorConfig
@@ -236,3 +241,19 @@ def test_eval_and_predict_from_the_adaptor_file_alone(trained_run, tmp_path, cap
     assert main(["eval", str(plain)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {plain} [recipe]: holds no training recipe") and "load_adaptors" in err
+
+
+def _rewrite_user_recipe(src, dst, **changes):
+    """Re-save an adaptor file with recipe keys changed (save_adaptors signs it: it stays valid)."""
+    from adaptor_peft import save_adaptors
+    from adaptor_peft.io import parse_adaptor_header, read_safetensors
+    from adaptor_peft.train.methods import get_method
+    from adaptor_peft.train.recipes import load_recipe
+    from adaptor_peft.train.trainer import build_model
+
+    meta = dict(parse_adaptor_header(read_safetensors(src, header_only=True)).user_metadata)
+    recipe = load_recipe(dict(meta["recipe"]))
+    method = get_method(recipe.method)
+    torch.manual_seed(recipe.seed)
+    model = method.load(method.prepare(build_model(recipe, len(meta["classes"])), recipe), src)
+    save_adaptors(model, dst, metadata=dict(meta, recipe=dict(meta["recipe"], **changes)))

@@ -80,7 +80,15 @@ def load_trained(
         method = get_method(recipe.method)
         with torch.random.fork_rng(devices=[]):  # as the trainer built it (see below)
             torch.manual_seed(recipe.seed)
-            model = method.prepare(build_model(recipe, len(classes)), recipe)
+            try:
+                base_model = build_model(recipe, len(classes))
+            except FileNotFoundError as exc:
+                if base is not None:
+                    raise
+                raise FileNotFoundError(
+                    f"{exc}; {source} was trained on that base: pass its location with --base"
+                ) from exc
+            model = method.prepare(base_model, recipe)
         model = method.load(model, source)
         model.eval()
         return TrainedModel(model, recipe, classes, source.parent)
