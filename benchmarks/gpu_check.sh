@@ -3,7 +3,8 @@
 # correctness table at real VMamba shapes, the scan benchmark (times, GB/s vs peak, mamba_ssm if
 # importable) and a cross-scan/merge timing, then a compact summary table.
 #
-# Usage (repo root or anywhere):  bash benchmarks/gpu_check.sh
+# Usage (repo root or anywhere):  bash benchmarks/gpu_check.sh   (benchmarks/prepare_device.sh first, on the
+# machine that calls the device tool: it stages pinned wheels + conformance data and prints the command)
 # Assumes a python with torch + triton + pytest + safetensors already installed; installs this repo
 # with --no-deps --no-build-isolation (no network needed), or, if that fails, puts a symlink shim of
 # the package on PYTHONPATH. Logs go to $OUT (if set) or a temp dir.
