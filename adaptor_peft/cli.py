@@ -53,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "run",
-        help="run directory (holds recipe.yaml and result.json), its recipe file, or a trained adaptor file",
+        help="run directory (with recipe.yaml and result.json), its recipe, or a trained .safetensors file",
     )
-    p.add_argument("--base", help="base checkpoint for an adaptor file (default: the base its recipe names)")
+    p.add_argument("--base", help="base checkpoint for a trained file (default: the base its recipe names)")
     p.add_argument(
         "--data", help="dataset (.npz, ImageFolder dir, datasets dir); default: the recipe's eval_data"
     )
@@ -70,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         help="top-k classes for images or a folder",
         description="Predict the top-k classes of image files (folders are searched recursively).",
     )
-    p.add_argument("run", help="run directory, its recipe file, or a trained adaptor file (.safetensors)")
+    p.add_argument("run", help="run directory, its recipe file, or a trained .safetensors file")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--base", help="base checkpoint for an adaptor file (default: the base its recipe names)")
+    p.add_argument("--base", help="base checkpoint for a trained file (default: the base its recipe names)")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--weights", help="trained file to load instead of the run's own")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")

@@ -227,7 +227,7 @@ def test_eval_and_predict_from_the_adaptor_file_alone(trained_run, tmp_path, cap
     assert main(["eval", str(adaptor), "--base", str(tmp_path / "missing.pth")]) == 1
     assert "base checkpoint not found" in capsys.readouterr().err
     assert main(["eval", str(root / "run"), "--base", str(tmp_path / "base.safetensors")]) == 1
-    assert "goes with an adaptor file" in capsys.readouterr().err
+    assert "goes with a trained .safetensors file" in capsys.readouterr().err
     with_file_base = tmp_path / "file_base.safetensors"  # a recipe naming a base file that is gone
     _rewrite_user_recipe(adaptor, with_file_base, model=str(tmp_path / "gone.safetensors"))
     assert main(["eval", str(with_file_base)]) == 1
@@ -257,3 +257,20 @@ def _rewrite_user_recipe(src, dst, **changes):
     torch.manual_seed(recipe.seed)
     model = method.load(method.prepare(build_model(recipe, len(meta["classes"])), recipe), src)
     save_adaptors(model, dst, metadata=dict(meta, recipe=dict(meta["recipe"], **changes)))
+
+
+def test_eval_from_the_trained_file_of_other_methods(tmp_path, capsys):
+    """linear_probe / lora files carry their recipe too: eval on the file equals eval on the run."""
+    data = str(write_toy_npz(tmp_path / "d.npz", 16, num_classes=4, size=12, seed=0))
+    for method in ("linear_probe", "lora"):
+        out = tmp_path / method
+        recipe = dict(model=TINY_VMAMBA, method=method, train_data=data, eval_data=data, img_size=16,
+                      batch_size=8, max_steps=2, progress=False, plot=False, output_dir=str(out))  # fmt: skip
+        (tmp_path / f"{method}.yaml").write_text(yaml.safe_dump(recipe))
+        assert main(["train", str(tmp_path / f"{method}.yaml")]) == 0
+        capsys.readouterr()
+        (trained,) = [p for p in out.glob("*.safetensors")]
+        assert main(["eval", str(out), "--json"]) == 0
+        from_run = json.loads(capsys.readouterr().out)
+        assert main(["eval", str(trained), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == from_run, method

@@ -35,23 +35,43 @@ def _looks_like_file(model: Any) -> bool:
     )
 
 
-def _from_adaptor_file(path: Path, base: str | os.PathLike | None) -> tuple[Recipe, list[str]]:
-    """The training recipe and class names an `adaptor-peft train` adaptor file carries in its header.
+def _training_metadata(path: Path) -> tuple[dict[str, Any], int]:
+    """(metadata the trainer stored, head size or 0) of a trained file: an adaptor file's validated
+    user metadata, or the JSON-valued metadata of the other methods' files (linear probe, LoRA, full)."""
+    from adaptor_peft.io import (
+        META_FORMAT_VERSION,
+        AdaptorMetadataError,
+        parse_adaptor_header,
+        read_safetensors,
+    )
+    from adaptor_peft.models.checkpoint import read_safetensors_metadata
+
+    raw_meta = read_safetensors_metadata(path)
+    if META_FORMAT_VERSION in raw_meta:  # a Mamba-Adaptor file: validate it like load_adaptors will
+        header = parse_adaptor_header(read_safetensors(path, header_only=True))
+        meta, head = header.user_metadata, int(header.base_config.get("num_classes", 0) or 0)
+        hint = "load it in Python with adaptor_peft.load_adaptors(base_model, path)"
+    else:
+        meta, head = {}, 0
+        for key, value in raw_meta.items():
+            try:
+                meta[key] = json.loads(value)
+            except ValueError:
+                meta[key] = value
+        hint = "pass the run directory instead"
+    if not isinstance(meta.get("recipe"), dict):
+        why = f"holds no training recipe (it was not written by `adaptor-peft train`); {hint}"
+        raise AdaptorMetadataError(path, why, key="recipe")
+    return meta, head
+
+
+def _from_trained_file(path: Path, base: str | os.PathLike | None) -> tuple[Recipe, list[str]]:
+    """The training recipe and class names a file written by `adaptor-peft train` carries in its header.
 
     base replaces the base weights the recipe names: the recipe's model when that is a checkpoint
     file, else its `checkpoint` (a VMamba name or config then builds the architecture).
     """
-    from adaptor_peft.io import AdaptorMetadataError, parse_adaptor_header, read_safetensors
-
-    header = parse_adaptor_header(read_safetensors(path, header_only=True))
-    meta = header.user_metadata
-    if not isinstance(meta.get("recipe"), dict):
-        raise AdaptorMetadataError(
-            path,
-            "holds no training recipe (it was not written by `adaptor-peft train`); load it in Python with "
-            "adaptor_peft.load_adaptors(base_model, path)",
-            key="recipe",
-        )
+    meta, head = _training_metadata(path)
     data = dict(meta["recipe"])
     if base is not None:
         if not Path(base).is_file():
@@ -59,9 +79,7 @@ def _from_adaptor_file(path: Path, base: str | os.PathLike | None) -> tuple[Reci
         data["model" if _looks_like_file(data.get("model")) else "checkpoint"] = str(base)
     data["output_dir"] = str(path.parent)
     recipe = load_recipe(data)
-    classes = [str(c) for c in meta.get("classes") or []]
-    if not classes:
-        classes = [str(i) for i in range(int(header.base_config.get("num_classes", 0)))]
+    classes = [str(c) for c in meta.get("classes") or []] or [str(i) for i in range(head)]
     return recipe, classes
 
 
@@ -71,12 +89,13 @@ def load_trained(
     base: str | os.PathLike | None = None,
 ) -> TrainedModel:
     """Rebuild base model + method + trained tensors from a run dir, a recipe whose output_dir ran, or
-    a trained adaptor file (.safetensors: its header carries the recipe; `base` swaps the base weights)."""
+    a trained file (.safetensors from `adaptor-peft train`: its header carries the recipe; `base` swaps
+    the base weights)."""
     source = Path(source)
     if source.is_file() and source.suffix == ".safetensors":
         if artefact is not None:
-            raise ValueError(f"{source} is itself the trained file: pass either it or --weights, not both")
-        recipe, classes = _from_adaptor_file(source, base)
+            raise ValueError(f"{source} is itself a trained file: pass either it or --weights, not both")
+        recipe, classes = _from_trained_file(source, base)
         method = get_method(recipe.method)
         with torch.random.fork_rng(devices=[]):  # as the trainer built it (see below)
             torch.manual_seed(recipe.seed)
@@ -93,7 +112,7 @@ def load_trained(
         model.eval()
         return TrainedModel(model, recipe, classes, source.parent)
     if base is not None:
-        raise ValueError("a base checkpoint goes with an adaptor file, not with a run directory or recipe")
+        raise ValueError("a base checkpoint goes with a trained .safetensors file, not a run dir or recipe")
     if source.is_dir():
         run_dir, recipe_path = source, source / RECIPE_FILE
         if not recipe_path.is_file():
