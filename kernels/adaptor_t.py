@@ -126,12 +126,9 @@ def readout_tokens(
         # is ~2x slower), then added to add_to[b] contiguously. Reusing one buffer per batch element
         # and accumulating in place avoids two full-size temporaries (their page faults cost as much
         # as the arithmetic).
-        if add_to is None:
-            out = flat.new_empty(batch, groups * d_inner, length)
-            buf = None
-        else:
-            out = add_to
-            buf = flat.new_empty(groups * d_inner, length)
+        in_place = add_to is not None and add_to.dtype == flat.dtype
+        out = add_to if in_place else flat.new_empty(batch, groups * d_inner, length)
+        buf = flat.new_empty(groups * d_inner, length) if in_place else None
         idx = indices.view(batch, length * gs, 2 * points)
         val = values.view(batch, length * gs, 2 * points)
         for b in range(batch):
@@ -141,7 +138,7 @@ def readout_tokens(
                 out[b].copy_(read_b)
             else:
                 out[b].add_(buf.copy_(read_b))
-        return out
+        return out if in_place or add_to is None else add_to + out
     m = F.embedding_bag(
         indices.view(bags, 2 * points), flat, per_sample_weights=values.view(bags, 2 * points), mode="sum"
     )

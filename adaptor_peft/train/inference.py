@@ -16,7 +16,7 @@ from .data import IMAGE_SUFFIXES, DataError, Preprocess, TransformedDataset, ope
 from .methods import get_method
 from .metrics import ClassificationMeter
 from .recipes import Recipe, load_recipe, resolve_path
-from .trainer import RECIPE_FILE, RESULT_FILE, build_model
+from .trainer import RECIPE_FILE, RESULT_FILE, build_model, is_checkpoint_model
 
 
 @dataclass
@@ -27,12 +27,6 @@ class TrainedModel:
     recipe: Recipe
     classes: list[str]
     run_dir: Path
-
-
-def _looks_like_file(model: Any) -> bool:
-    return isinstance(model, str) and (
-        model.startswith("asset:") or Path(model).suffix in (".safetensors", ".pth", ".pt", ".bin")
-    )
 
 
 def _training_metadata(path: Path) -> tuple[dict[str, Any], int]:
@@ -76,7 +70,7 @@ def _from_trained_file(path: Path, base: str | os.PathLike | None) -> tuple[Reci
     if base is not None:
         if not Path(base).is_file():
             raise FileNotFoundError(f"base checkpoint not found: {base}")
-        data["model" if _looks_like_file(data.get("model")) else "checkpoint"] = str(base)
+        data["model" if is_checkpoint_model(data.get("model")) else "checkpoint"] = str(base)
     data["output_dir"] = str(path.parent)
     recipe = load_recipe(data)
     classes = [str(c) for c in meta.get("classes") or []] or [str(i) for i in range(head)]
@@ -96,21 +90,14 @@ def load_trained(
         if artefact is not None:
             raise ValueError(f"{source} is itself a trained file: pass either it or --weights, not both")
         recipe, classes = _from_trained_file(source, base)
-        method = get_method(recipe.method)
-        with torch.random.fork_rng(devices=[]):  # as the trainer built it (see below)
-            torch.manual_seed(recipe.seed)
-            try:
-                base_model = build_model(recipe, len(classes))
-            except FileNotFoundError as exc:
-                if base is not None:
-                    raise
-                raise FileNotFoundError(
-                    f"{exc}; {source} was trained on that base: pass its location with --base"
-                ) from exc
-            model = method.prepare(base_model, recipe)
-        model = method.load(model, source)
-        model.eval()
-        return TrainedModel(model, recipe, classes, source.parent)
+        try:
+            return _rebuild(recipe, classes, source, source.parent)
+        except FileNotFoundError as exc:
+            if base is not None:
+                raise
+            raise FileNotFoundError(
+                f"{exc}; {source} was trained on that base: pass its location with --base"
+            ) from exc
     if base is not None:
         raise ValueError("a base checkpoint goes with a trained .safetensors file, not a run dir or recipe")
     if source.is_dir():
@@ -129,18 +116,23 @@ def load_trained(
     result = json.loads(result_path.read_text())
     classes = list(result.get("classes") or [])
     num_classes = int(result.get("num_classes") or len(classes))
+    path = Path(artefact) if artefact is not None else run_dir / get_method(recipe.method).artefact
+    if not path.is_file():
+        raise FileNotFoundError(f"trained weights not found: {path}")
+    return _rebuild(recipe, classes or [str(i) for i in range(num_classes)], path, run_dir)
+
+
+def _rebuild(recipe: Recipe, classes: list[str], weights: Path, run_dir: Path) -> TrainedModel:
+    """Base model + method as the trainer built them, then the trained tensors from `weights`."""
     method = get_method(recipe.method)
     # Seed as the trainer does before building: a base without a checkpoint (or a fresh head) is then
     # initialised exactly as in training, so the adaptor file's base fingerprint matches.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = method.prepare(build_model(recipe, num_classes), recipe)
-    path = Path(artefact) if artefact is not None else run_dir / method.artefact
-    if not path.is_file():
-        raise FileNotFoundError(f"trained weights not found: {path}")
-    model = method.load(model, path)
+        model = method.prepare(build_model(recipe, len(classes)), recipe)
+    model = method.load(model, weights)
     model.eval()
-    return TrainedModel(model, recipe, classes or [str(i) for i in range(num_classes)], run_dir)
+    return TrainedModel(model, recipe, classes, run_dir)
 
 
 @torch.no_grad()

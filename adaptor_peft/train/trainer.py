@@ -81,6 +81,11 @@ class TrainResult:
 # --- building blocks ------------------------------------------------------------------------------
 
 
+def is_checkpoint_model(name: Any) -> bool:
+    """True when a recipe's `model` names a self-describing checkpoint file (config in its metadata)."""
+    return isinstance(name, str) and (name.startswith("asset:") or name.endswith(".safetensors"))
+
+
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     """Create the base model (VMamba name/config or any timm model) with the recipe's checkpoint."""
     checkpoint = resolve_path(recipe.checkpoint)
@@ -92,8 +97,8 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
         create_model = None
     kwargs = dict(recipe.model_kwargs)
     name = recipe.model
-    if isinstance(name, str) and (name.startswith("asset:") or name.endswith(".safetensors")):
-        name = str(resolve_path(name))  # a self-describing checkpoint (config in its metadata)
+    if is_checkpoint_model(name):
+        name = str(resolve_path(name))
     if create_model is not None and (not isinstance(name, str) or not _is_foreign_timm_name(name)):
         model = create_model(name, checkpoint=checkpoint, num_classes=num_classes, **kwargs)
     else:

@@ -157,6 +157,11 @@ def test_ys_is_accumulated_in_place_only_without_autograd(n):
         out = module(hs, Cs, 3, 5, ys=target)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     assert (out.data_ptr() == target.data_ptr()) == (n == 1)  # the CPU N=1 inference path reuses ys
+    with torch.no_grad():  # a ys of another dtype is never written in place
+        wide = ys.double()
+        out = module(hs, Cs, 3, 5, ys=wide)
+    assert out.dtype == torch.float64 and torch.equal(wide, ys.double())
+    torch.testing.assert_close(out.float(), expected, atol=1e-6, rtol=1e-6)
     leaf = ys.clone().requires_grad_()
     out = module(hs, Cs, 3, 5, ys=leaf)  # with autograd: out of place, gradients reach ys and phi
     torch.testing.assert_close(out.detach(), expected, atol=1e-6, rtol=1e-6)
