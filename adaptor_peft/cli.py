@@ -45,36 +45,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in output_dir")
 
-    p = sub.add_parser(
-        "eval",
-        parents=[common],
-        help="evaluate a finished run on a dataset",
-        description="Evaluate a trained run (run directory or its recipe) on a dataset.",
-    )
-    p.add_argument(
+    # what eval and predict load: a finished run, or a file written by `adaptor-peft train`
+    trained = argparse.ArgumentParser(add_help=False)
+    trained.add_argument(
         "run",
         help="run directory (with recipe.yaml and result.json), its recipe, or a trained .safetensors file",
     )
-    p.add_argument("--base", help="base checkpoint for a trained file (default: the base its recipe names)")
+    trained.add_argument(
+        "--base", help="base checkpoint for a trained file (default: the base its recipe names)"
+    )
+    trained.add_argument(
+        "--weights", help="trained file to load instead of the run's own (adaptor/head/model)"
+    )
+
+    p = sub.add_parser(
+        "eval",
+        parents=[common, trained],
+        help="evaluate a finished run on a dataset",
+        description="Evaluate a trained run (run directory, its recipe, or a trained file) on a dataset.",
+    )
     p.add_argument(
         "--data", help="dataset (.npz, ImageFolder dir, datasets dir); default: the recipe's eval_data"
     )
     p.add_argument("--split", help="split name inside a datasets DatasetDict / npz (x_<split>)")
-    p.add_argument("--weights", help="trained file to load instead of the run's own (adaptor/head/model)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--json", action="store_true", help="print the full metrics as JSON")
 
     p = sub.add_parser(
         "predict",
-        parents=[common],
+        parents=[common, trained],
         help="top-k classes for images or a folder",
         description="Predict the top-k classes of image files (folders are searched recursively).",
     )
-    p.add_argument("run", help="run directory, its recipe file, or a trained .safetensors file")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--base", help="base checkpoint for a trained file (default: the base its recipe names)")
     p.add_argument("--topk", type=int, default=3)
-    p.add_argument("--weights", help="trained file to load instead of the run's own")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
     p = sub.add_parser(
