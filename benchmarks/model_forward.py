@@ -15,9 +15,9 @@ import time
 
 import timm
 import torch
-from adaptor_peft.kernels import resolve_backend
 
 import adaptor_peft.models  # noqa: F401  (registers the VMamba models with timm)
+from adaptor_peft.kernels.dispatch import resolve_backend
 
 
 def time_forward(model, x, repeats: int, warmup: int) -> tuple[list[float], list[float]]:

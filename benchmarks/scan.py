@@ -5,7 +5,7 @@ sequential reference ("ref", autograd through the loop for fwd+bwd) measured in 
 The reference is slow (about 20 s fwd+bwd for one B=2 stage-1 layer on a 2-core CPU), so it is
 timed with few repeats and skipped above --ref-max-elems state elements (noted in the table).
 On CUDA the table adds the achieved bandwidth against --peak-gbs with the byte model of
-shared/spec/scan.md section 5 (fwd: read u, delta, B, C, write y; bwd: read u, delta, dy, B, C,
+docs/scan.md section 5 (fwd: read u, delta, B, C, write y; bwd: read u, delta, dy, B, C,
 write du, ddelta, dB, dC), and a `mamba_ssm` row when `mamba_ssm.selective_scan_fn` imports.
 
 Examples:
@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from adaptor_peft.kernels import available_backends, selective_scan
+
+from adaptor_peft.kernels.dispatch import available_backends, selective_scan
 
 # VMamba-T stages: L = (224/4 / 2^s)^2; K*D = 4 * d_inner = 4 * ratio * 96 * 2^s
 STAGE_L = (3136, 784, 196, 49)
@@ -80,7 +81,7 @@ def scan_callable(backend: str) -> Callable[..., torch.Tensor]:
 
 
 def bytes_model(batch: int, kd: int, length: int, n: int, in_bytes: int) -> tuple[float, float]:
-    """Mandatory HBM traffic (fwd, fwd+bwd) in bytes, scan.md section 5."""
+    """Mandatory HBM traffic (fwd, fwd+bwd) in bytes, docs/scan.md section 5."""
     e = batch * kd * length
     bc = batch * K * n * length * in_bytes
     fwd = 2 * e * in_bytes + 4 * e + 2 * bc

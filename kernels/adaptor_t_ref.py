@@ -1,6 +1,6 @@
 """Naive reference for the Adaptor-T read-out (the oracle the fast path is tested against).
 
-Adaptor-T augments the SSM hidden states after the scan (paper_digest.md §3.4): for every token i,
+Adaptor-T augments the SSM hidden states after the scan (docs/paper_digest.md §3.4): for every token i,
 head s and point k it samples the hidden-state sequence of head s at a fractional position p with
 linear interpolation (zero outside [0, L-1]), weights the K samples with softmax weights c, and
 reads the result out through the scan's C, scaled by a per-channel gamma:

@@ -7,10 +7,10 @@ ops instead of L. Per chunk the forward
   1. scans from a zero state to get the chunk's end state,
   2. carries the true entry state across chunks (nC small steps, decay exp(A * sum dt)),
   3. re-scans the chunk from its entry state, writing every h_t.
-No log-space cumsums (they overflow, scan.md section 4.1): every product of decays is formed
+No log-space cumsums (they overflow, docs/scan.md section 4.1): every product of decays is formed
 by multiplication or exp of a sum of dt * A, which is <= 0.
 
-The backward (scan.md section 1.2) recomputes h from the saved chunk-entry states and runs the
+The backward (docs/scan.md section 1.2) recomputes h from the saved chunk-entry states and runs the
 same two-level scan in reverse for the adjoint g_t = C_t dy_t + dh_ext_t + abar_{t+1} g_{t+1}.
 When a gradient is needed the forward keeps u, delta + bias and dt in time-major layout (about
 3 x (B, KD, L) floats, plus N/T of that for the chunk states), so the backward repeats neither
@@ -119,7 +119,7 @@ def softplus_fp32(z: torch.Tensor) -> torch.Tensor:
     """Accurate softplus from vectorized exp/log (ATen's log1p is scalar on CPU, ~3x slower).
 
     log1p(e) = log(w) + (e - (w - 1)) / w with w = 1 + e: the second term restores the
-    rounding error of w (the softplus pitfall of scan.md section 4.4). exp is clamped at 80
+    rounding error of w (the softplus pitfall of docs/scan.md section 4.4). exp is clamped at 80
     (no overflow); beyond that softplus(z) = z, which the final maximum supplies
     (softplus(z) >= z everywhere).
     """

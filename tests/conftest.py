@@ -20,12 +20,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFORMANCE_DIR = REPO_ROOT.parent / "shared" / "conformance"
+CONFORMANCE_DIR = REPO_ROOT / "tests" / "data" / "conformance"
 
 
 @pytest.fixture(scope="session")
 def conformance_dir() -> Path:
-    """Directory holding the official-VMamba conformance data (../shared/conformance)."""
+    """Directory holding the official-VMamba conformance data (tests/data/conformance, see its README)."""
     if not CONFORMANCE_DIR.is_dir():
         pytest.fail(f"conformance data not found at {CONFORMANCE_DIR}")
     return CONFORMANCE_DIR

@@ -3,7 +3,7 @@
 The defaults are the library's "default transfer config": Adaptor-T with phi shared across the 4
 scan directions (S=2 heads x K=4 points) plus a split 3x3 Adaptor-S with dilations (1, 2, 3),
 identity init. On vmamba_tiny_s1l8 that is 135,008 trainable adaptor parameters, 0.46% of the
-base without its head (paper_digest.md §6.3: "about 0.5%" needs phi shared across directions).
+base without its head (docs/paper_digest.md §6.3: "about 0.5%" needs phi shared across directions).
 """
 
 from __future__ import annotations

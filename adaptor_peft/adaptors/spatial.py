@@ -1,4 +1,4 @@
-"""Adaptor-S: multi-dilated depthwise convolutions on the merged 2-D SSM output (paper_digest.md §4.4).
+"""Adaptor-S: multi-dilated depthwise convolutions on the merged 2-D SSM output (docs/paper_digest.md §4.4).
 
 y (B, D, H, W), right after cross-merge and before out_norm:
 - "split": the D channels are cut into M contiguous groups (sizes differ by at most 1), group m

@@ -1,4 +1,4 @@
-"""Adaptor-T: memory retention on the selective scan's hidden states (paper_digest.md §3.4).
+"""Adaptor-T: memory retention on the selective scan's hidden states (docs/paper_digest.md §3.4).
 
 After the scan (the recurrence is unchanged, so it stays parallel and may sample states ahead of
 i), each direction's hidden-state sequence h (D x N per token) is augmented per token i:

@@ -1,7 +1,7 @@
 """Reading, normalising, validating and converting VMamba checkpoints.
 
 Official `.pth` files are torch pickles with the weights under `ckpt["model"]` (already the EMA weights for
-the EMA-trained releases, vmamba.md §3); some may also hold a yacs `CfgNode`, which `weights_only=True`
+the EMA-trained releases, docs/vmamba.md §3); some may also hold a yacs `CfgNode`, which `weights_only=True`
 refuses. We never unpickle arbitrary objects unless the caller says the file is trusted
 (`trust_pickle=True`), and offer a one-off conversion to safetensors (`adaptor-peft convert`).
 """
@@ -40,7 +40,7 @@ _ENVELOPE_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema", "module"
 _PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 10  # keys listed per category in a mismatch error
 
-# January-2024 names -> current names (vmamba.md §3; the official VSSM._load_from_state_dict does the same).
+# January-2024 names -> current names (docs/vmamba.md §3; official VSSM._load_from_state_dict does the same).
 _LEGACY_RENAMES = [
     (re.compile(r"^patch_embed\.proj\."), "patch_embed.0."),
     (re.compile(r"^patch_embed\.norm\."), "patch_embed.2."),

@@ -1,6 +1,6 @@
 """Mamba-Adaptor-b1 / b2: VMamba-v2 backbones with Adaptor-T and Adaptor-S in every block (from scratch).
 
-Usage (a) of the paper (paper_digest.md §6.1): a general visual backbone. No weights and no architecture
+Usage (a) of the paper (docs/paper_digest.md §6.1): a general visual backbone. No weights and no architecture
 table were released, so the configs below are best guesses, chosen so that this library's counter
 (`adaptor_peft.flops`, 1 MAC = 1 FLOP, scan and adaptors included) lands on the paper's sizes:
 

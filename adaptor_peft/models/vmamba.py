@@ -1,7 +1,7 @@
 """VMamba: visual state space models (Liu et al., NeurIPS 2024), checkpoint-compatible with MzeroMiko/VMamba.
 
 The module tree and parameter names mirror the official `classification/models/vmamba.py`, so the
-released checkpoints load with `load_state_dict(strict=True)` (see shared/spec/vmamba.md). Read
+released checkpoints load with `load_state_dict(strict=True)` (see docs/vmamba.md). Read
 top-down: building blocks, SS2D (the 2-D selective-scan mixer), VSSBlock, VSSM, checkpoint filter,
 pretrained configs and the timm entry points.
 
@@ -25,7 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from adaptor_peft import kernels as _kernels
+from adaptor_peft.kernels import dispatch as _kernels
 from adaptor_peft.validation import check_model_input
 
 from .checkpoint import normalize_state_dict
@@ -932,8 +932,8 @@ def _cfg(file: str = "", tag: str = "#v2cls", **kwargs: Any) -> dict[str, Any]:
     }
 
 
-# Official constructor arguments of the nine released ImageNet-1K classifiers (vmamba.md §2.2) and the
-# name of each in shared/conformance/released_variants_keys.json.
+# Official constructor arguments of the nine released ImageNet-1K classifiers (docs/vmamba.md §2.2) and the
+# name of each in tests/data/conformance/released_variants_keys.json.
 _V2_COMMON = dict(
     patch_size=4, in_chans=3, num_classes=1000, ssm_d_state=1, ssm_dt_rank="auto", ssm_act_layer="silu",
     ssm_conv=3, ssm_conv_bias=False, ssm_drop_rate=0.0, ssm_init="v0", forward_type="v05_noz", mlp_ratio=4.0,

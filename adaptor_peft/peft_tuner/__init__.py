@@ -1,7 +1,7 @@
 """Mamba-Adaptor as a registered peft tuner (config, layer, model), registered on import.
 
 peft 0.21's ``register_peft_method`` only accepts names already in its closed ``PeftType`` enum, so we
-write our own str enum member into peft.mapping's three tables instead (ecosystem.md §1.4).
+write our own str enum member into peft.mapping's three tables instead (docs/ecosystem.md §1.4).
 After ``import adaptor_peft``: ``peft.get_peft_model``, ``PeftModel.from_pretrained``,
 ``PeftConfig.from_pretrained`` and named adapters all work with ``MambaAdaptorPeftConfig``.
 """

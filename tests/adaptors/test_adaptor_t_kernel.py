@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from adaptor_peft.kernels.adaptor_t import adaptor_t_readout
 from adaptor_peft.kernels.adaptor_t_ref import adaptor_t_readout_ref, lerp_zero_pad
 

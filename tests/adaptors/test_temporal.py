@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adaptor_peft.kernels.adaptor_t import PAD_BEFORE
-from adaptor_peft.kernels.adaptor_t_ref import adaptor_t_readout_ref
 
 import adaptor_peft.adaptors.temporal as temporal
 from adaptor_peft.adaptors import AdaptorT, MambaAdaptorConfig
+from adaptor_peft.kernels.adaptor_t import PAD_BEFORE
+from adaptor_peft.kernels.adaptor_t_ref import adaptor_t_readout_ref
 
 
 def _as_readout_args(table, offsets, weights, C):

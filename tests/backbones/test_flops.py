@@ -65,7 +65,7 @@ def test_adaptor_counts_phi_gather_softmax_readout_and_convs() -> None:
 
 def test_vmamba_tiny_s1l8_matches_official_figures() -> None:
     r = count_flops(_meta("vmamba_tiny_s1l8"), img_size=224)
-    assert r.params == 30_249_064  # vmamba.md §2.1, exact
+    assert r.params == 30_249_064  # docs/vmamba.md §2.1, exact
     assert r.gflops == pytest.approx(4.9, rel=0.10)  # official 4.9G
     assert r.flops == 4_905_609_984  # regression value of this counter
 

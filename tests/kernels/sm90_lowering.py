@@ -27,6 +27,7 @@ def build(label, fn, consts, warps=4, dtype="fp32"):
 def lower_in_subprocess(body: str, workdir: os.PathLike) -> list[tuple[str, int | None, int | None]]:
     """Run PRELUDE + body (which defines UNIT and calls build); (label, registers, spill bytes) per kernel."""
     import triton
+
     from adaptor_peft.kernels.triton_utils import ptxas_available
 
     if not ptxas_available():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from adaptor_peft.kernels.cross_scan_ref import cross_merge_ref, cross_scan_ref
 from adaptor_peft.kernels.cross_scan_triton import _cross_scan_kernel, cross_merge_triton, cross_scan_triton
 from adaptor_peft.kernels.triton_utils import is_interpreted
-from safetensors.torch import load_file
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not is_interpreted(_cross_scan_kernel):

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adaptor_peft.kernels import (
-    cross_merge,
-    cross_merge_ref,
-    cross_merge_torch,
-    cross_scan,
-    cross_scan_ref,
-    cross_scan_torch,
-    selective_scan,
-)
 from safetensors.torch import load_file
+
+from adaptor_peft.kernels.cross_scan_ref import cross_merge_ref, cross_scan_ref
+from adaptor_peft.kernels.cross_scan_torch import cross_merge_torch, cross_scan_torch
+from adaptor_peft.kernels.dispatch import cross_merge, cross_scan, selective_scan
 
 
 @pytest.fixture(scope="module")

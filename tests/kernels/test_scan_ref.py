@@ -6,11 +6,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from adaptor_peft.kernels import selective_scan_ref
+
+from adaptor_peft.kernels.scan_ref import selective_scan_ref
 
 
 def _scalar_loop(u, delta, A, B, C, D, bias):
-    """Per (batch, channel, state) scalar recurrence written straight from scan.md section 1.1."""
+    """Per (batch, channel, state) scalar recurrence written straight from docs/scan.md section 1.1."""
     batch, kd, length = u.shape
     n, groups = A.shape[1], B.shape[1]
     y = torch.zeros(batch, kd, length, dtype=torch.float64)

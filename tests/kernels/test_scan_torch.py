@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
-from adaptor_peft.kernels import selective_scan_ref, selective_scan_torch
-from adaptor_peft.kernels.scan_torch import default_chunk_size, softplus_fp32
+
+from adaptor_peft.kernels.scan_ref import selective_scan_ref
+from adaptor_peft.kernels.scan_torch import default_chunk_size, selective_scan_torch, softplus_fp32
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 CHUNK = 8  # forced chunk length, so that L in {1, 7, 8, 9, 37, 19} covers every boundary case

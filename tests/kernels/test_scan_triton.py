@@ -10,10 +10,11 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from adaptor_peft.kernels.scan_ref import selective_scan_ref
 from adaptor_peft.kernels.scan_triton import _ssm_fwd_kernel, selective_scan_triton
 from adaptor_peft.kernels.triton_utils import is_interpreted
-from safetensors.torch import load_file
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not is_interpreted(_ssm_fwd_kernel):

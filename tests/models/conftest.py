@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 
 @pytest.fixture(scope="session")
 def manifest(conformance_dir: Path) -> dict:
-    """shared/conformance/manifest.json."""
+    """tests/data/conformance/manifest.json."""
     return json.loads((conformance_dir / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def released_keys(conformance_dir: Path) -> dict:
-    """shared/conformance/released_variants_keys.json."""
+    """tests/data/conformance/released_variants_keys.json."""
     return json.loads((conformance_dir / "released_variants_keys.json").read_text())
 
 

@@ -36,7 +36,7 @@ def _logits(model, x):
 
 
 def _legacy(sd: dict) -> dict:
-    """January-2024 names (vmamba.md §3)."""
+    """January-2024 names (docs/vmamba.md §3)."""
     out = {}
     for k, v in sd.items():
         k = k.replace("patch_embed.0.", "patch_embed.proj.").replace("patch_embed.2.", "patch_embed.norm.")

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from adaptor_peft.kernels import available_backends
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from adaptor_peft.kernels.dispatch import available_backends
 from adaptor_peft.models import SS2D, VSSM, load_into_model
 
 CONFORMANCE_MODELS = ("small_v05noz_ln2d", "small_v0_ln")

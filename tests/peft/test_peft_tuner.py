@@ -50,7 +50,7 @@ def base_logits():
 
 # ---------------------------------------------------------------------------------- mapping contract
 def test_peft_mapping_contract():
-    """Fails loudly if peft changes the tables or lookups our registration relies on (ecosystem.md §1.4)."""
+    """Fails loudly if peft changes the tables or lookups our registration uses (docs/ecosystem.md §1.4)."""
     from peft import mapping
 
     key = pt.AdaptorPeftType.MAMBA_ADAPTOR
