@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 .PHONY: setup quickstart test test-fast test-latest lock lint format bench
 
 # Every dependency comes from the lock (exact versions, sha256 hashes); a changed lock rebuilds the
-# venv from scratch so that nothing unlocked stays behind. pip/setuptools/wheel first (locked too).
+# venv from scratch so that nothing unlocked stays behind. The locked pip first (it has no
+# dependencies), then the whole closure with the new pip.
 $(LOCKED): $(LOCK)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	grep -E '^(pip|setuptools|wheel)==' $(LOCK) > $(VENV)/bootstrap-lock.txt
+	grep -E '^pip==' $(LOCK) > $(VENV)/bootstrap-lock.txt
 	$(BIN)/python -m pip install -q --require-hashes -r $(VENV)/bootstrap-lock.txt
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	touch $@
