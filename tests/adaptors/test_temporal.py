@@ -1,4 +1,4 @@
-"""AdaptorT module: fast path == reference through the module, static selection, sharing, shapes."""
+"""AdaptorT module: identity init, static selection, sharing, shapes, ys accumulation, Triton == torch."""
 
 from __future__ import annotations
 
@@ -40,34 +40,10 @@ def _module(d_inner, n, **kw):
     return AdaptorT(d_inner, n, MambaAdaptorConfig(init="random", **kw)).double()
 
 
-@pytest.mark.parametrize(
-    ("n", "H", "W", "batch", "kw"),
-    [
-        (1, 3, 5, 2, {}),
-        (4, 5, 3, 1, {}),
-        (2, 4, 6, 2, {"share_across_directions": False, "offset_mode": "absolute"}),
-        (1, 2, 7, 1, {"selection": "static", "offset_init_spread": 2.5}),
-        (3, 3, 4, 2, {"selection": "static", "share_across_directions": False, "phi_input": "state_mean"}),
-    ],
-)
-def test_module_fast_path_equals_reference(monkeypatch, n, H, W, batch, kw):
-    module = _module(8, n, **kw)
-    hs, Cs = _states(batch, 8, n, H, W)
-    fast_in = [hs.clone().requires_grad_(), Cs.clone().requires_grad_()]
-    fast = module(*fast_in, H, W)
-    g_fast = torch.autograd.grad(fast.pow(2).sum(), [*fast_in, *module.parameters()])
-    monkeypatch.setattr(temporal, "readout_tokens", ref_tokens)
-    ref_in = [hs.clone().requires_grad_(), Cs.clone().requires_grad_()]
-    ref = module(*ref_in, H, W)
-    g_ref = torch.autograd.grad(ref.pow(2).sum(), [*ref_in, *module.parameters()])
-    assert fast.shape == (batch, 32, H * W)
-    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-12)
-    for a, b in zip(g_fast, g_ref):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
-    names = [n for n, _ in module.named_parameters()]
-    grads = dict(zip(names, g_fast[2:]))
-    offset_param = "phi_p.weight" if "phi_p.weight" in grads else "static_offsets"
-    assert grads[offset_param].abs().max() > 0 and grads["phi_c.weight"].abs().max() > 0
+# The module's output and gradients (torch and Triton paths, every config axis) are compared with an
+# independent scalar oracle and hand-worked numbers in test_adaptor_t_oracle.py. (A former test here
+# swapped only the read-out for the kernel reference, so predictors, softmax and offsets were
+# checked against themselves.)
 
 
 def test_identity_init_returns_exact_zero_but_keeps_gradients():
