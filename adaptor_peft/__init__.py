@@ -7,8 +7,6 @@ Mamba-Adaptor tuner with peft, so `timm.create_model("vmamba_tiny_s1l8")` and
 only when used: the tuner registers as soon as peft is imported (see `peft_hook`).
 """
 
-__version__ = "0.1.0"
-
 from .adaptors import (  # noqa: E402
     MambaAdaptorConfig,
     adaptor_state_dict,
@@ -19,6 +17,7 @@ from .adaptors import (  # noqa: E402
 from .io import AdaptorFileError, describe_file, load_adaptors, save_adaptors  # noqa: E402
 from .models import convert_checkpoint, create_model, load_checkpoint  # noqa: E402
 from .peft_hook import install as _install_peft_hook  # noqa: E402
+from .version import __version__  # noqa: E402
 
 _install_peft_hook()  # registers the tuner now if peft is imported, else right after it is
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from adaptor_peft.fingerprint import first_difference, model_fingerprint, tensor_bytes
+from adaptor_peft.version import __version__
 
 from .atomic import atomic_write_bytes
 
@@ -451,9 +452,7 @@ def _adaptors_api() -> Any:
 
 
 def _library_version() -> str:
-    import adaptor_peft
-
-    return str(getattr(adaptor_peft, "__version__", "unknown"))
+    return __version__
 
 
 def _has_adaptors(model: nn.Module) -> bool:

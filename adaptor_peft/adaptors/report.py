@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .inject import NORM_TYPES, _head_module, _module_prefixes, _under, adaptor_module_names
+from .inject import adaptor_module_names
+from .selection import NORM_TYPES, head_module, is_under, module_prefixes
 from .spatial import AdaptorS
 from .temporal import AdaptorT
 
@@ -84,21 +85,21 @@ def trainable_report(model: nn.Module) -> TrainableReport:
     adaptor_t = [n for n, m in model.named_modules() if isinstance(m, AdaptorT)]
     adaptor_s = [n for n, m in model.named_modules() if isinstance(m, AdaptorS)]
     adaptors = adaptor_module_names(model)
-    head = _head_module(model)
-    head_prefixes = _module_prefixes(model, [head]) if head is not None else []
+    head = head_module(model)
+    head_prefixes = module_prefixes(model, [head]) if head is not None else []
     norm_prefixes = [n for n, m in model.named_modules() if isinstance(m, NORM_TYPES)]
     by_type = {c: {"params": 0, "trainable": 0} for c in CATEGORIES}
     total = head_params = adaptor_params = trainable = trainable_no_head = 0
     for name, param in model.named_parameters():
         module_name = name.rpartition(".")[0]
         count = param.numel()
-        if _under(module_name, adaptor_t):
+        if is_under(module_name, adaptor_t):
             cat = "adaptor_t"
-        elif _under(module_name, adaptor_s):
+        elif is_under(module_name, adaptor_s):
             cat = "adaptor_s"
-        elif _under(module_name, head_prefixes):
+        elif is_under(module_name, head_prefixes):
             cat = "head"
-        elif _under(module_name, norm_prefixes):
+        elif is_under(module_name, norm_prefixes):
             cat = "norm"
         elif name.rpartition(".")[2] == "bias":
             cat = "bias"
@@ -106,7 +107,7 @@ def trainable_report(model: nn.Module) -> TrainableReport:
             cat = "other"
         total += count
         by_type[cat]["params"] += count
-        if _under(module_name, adaptors):
+        if is_under(module_name, adaptors):
             adaptor_params += count
         if cat == "head":
             head_params += count

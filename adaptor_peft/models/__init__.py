@@ -8,11 +8,10 @@ from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     UntrustedCheckpointError,
-    convert_checkpoint,
     load_checkpoint,
     load_into_model,
 )
-from .factory import create_model, list_models, model_info
+from .factory import convert_checkpoint, create_model, list_models, model_info
 from .mamba_adaptor import MambaAdaptorNet  # registers mamba_adaptor_b1/b2 with timm
 from .vmamba import SS2D, VSSM, VSSBlock
 

@@ -9,7 +9,6 @@ refuses. We never unpickle arbitrary objects unless the caller says the file is 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import pickle
 import re
@@ -19,19 +18,17 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save as safetensors_save
-
-from ..atomic import atomic_write_bytes
 
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "LoadReport",
     "UntrustedCheckpointError",
-    "convert_checkpoint",
     "load_checkpoint",
     "load_into_model",
+    "config_from_yacs",
     "normalize_state_dict",
+    "read_checkpoint_file",
     "read_safetensors_metadata",
 ]
 
@@ -84,7 +81,8 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
-def _read_file(path: Path, trust_pickle: bool) -> Any:
+def read_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
+    """The raw object in a checkpoint file (safetensors dict, or an unpickled .pth only if trusted)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -159,7 +157,7 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    return normalize_state_dict(_read_file(path, trust_pickle), source=str(path))
+    return normalize_state_dict(read_checkpoint_file(path, trust_pickle), source=str(path))
 
 
 def _model_name(model: nn.Module) -> str:
@@ -229,7 +227,7 @@ def _mismatch_message(
     return "\n".join(lines)
 
 
-def _config_from_yacs(cfg: Any) -> dict[str, Any] | None:
+def config_from_yacs(cfg: Any) -> dict[str, Any] | None:
     """VSSM kwargs from the official yacs config saved in training checkpoints (best effort)."""
     try:
         m, v = cfg.MODEL, cfg.MODEL.VSSM
@@ -245,47 +243,3 @@ def _config_from_yacs(cfg: Any) -> dict[str, Any] | None:
         )  # fmt: skip
     except Exception:
         return None
-
-
-def convert_checkpoint(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    trust_pickle: bool = False,
-    config: Mapping[str, Any] | None = None,
-) -> Path:
-    """Convert any supported checkpoint to a normalised .safetensors (atomic write; config in metadata).
-
-    The model config is taken from `config`, else from the source (safetensors metadata or the official
-    yacs config), else inferred by matching the keys and shapes against the registered released variants.
-    """
-    src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {src}")
-    raw = _read_file(src, trust_pickle)
-    state_dict = normalize_state_dict(raw, source=str(src))
-    arch = None
-    if config is None and src.suffix == ".safetensors":
-        meta = read_safetensors_metadata(src)
-        config = json.loads(meta["config"]) if "config" in meta else None
-        arch = meta.get("arch")
-    if config is None and isinstance(raw, Mapping) and "config" in raw:
-        config = _config_from_yacs(raw["config"])
-    if config is None:
-        from .factory import infer_variant
-
-        arch = infer_variant(state_dict)
-        if arch is not None:
-            from .vmamba import released_variant_args
-
-            config = released_variant_args(arch)
-            head = state_dict.get("classifier.head.weight")
-            if head is not None:
-                config["num_classes"] = int(head.shape[0])
-    metadata = {"format": "pt", "source_file": src.name}
-    if config is not None:
-        metadata["config"] = json.dumps(dict(config))
-    if arch:
-        metadata["arch"] = arch
-    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
-    atomic_write_bytes(dst, safetensors_save(tensors, metadata=metadata))
-    return dst

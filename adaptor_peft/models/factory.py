@@ -14,12 +14,21 @@ from typing import Any
 
 import timm
 import torch
+from safetensors.torch import save as safetensors_save
 
-from .checkpoint import load_checkpoint, load_into_model, read_safetensors_metadata
+from ..atomic import atomic_write_bytes
+from .checkpoint import (
+    config_from_yacs,
+    load_checkpoint,
+    load_into_model,
+    normalize_state_dict,
+    read_checkpoint_file,
+    read_safetensors_metadata,
+)
 from .mamba_adaptor import MAMBA_ADAPTOR_VARIANTS, MambaAdaptorNet, mamba_adaptor_variant_args
-from .vmamba import RELEASED_VARIANTS, VSSM, _cfg, released_variant_args
+from .vmamba import RELEASED_VARIANTS, VSSM, released_variant_args, vmamba_cfg
 
-__all__ = ["create_model", "infer_variant", "list_models", "model_info"]
+__all__ = ["convert_checkpoint", "create_model", "infer_variant", "list_models", "model_info"]
 
 _HEAD_KEYS = ("classifier.head.weight", "classifier.head.bias")
 
@@ -121,7 +130,7 @@ def create_model(
         model = VSSM(**kwargs)
         model.arch_name = None
         # Same data config as the registered variants, so timm.data.resolve_data_config works on it.
-        model.pretrained_cfg = model.default_cfg = _cfg(architecture="vssm", num_classes=num_classes)
+        model.pretrained_cfg = model.default_cfg = vmamba_cfg(architecture="vssm", num_classes=num_classes)
     if state_dict is not None:
         allow: tuple[str, ...] = ()
         if ckpt_classes is not None and ckpt_classes != num_classes:
@@ -190,3 +199,43 @@ def model_info(name_or_config: str | os.PathLike | Mapping[str, Any]) -> str:
         lines.append(f"  official checkpoint: {v['file']} (release {v['tag']}, {v['release_name']})")
     lines.append("  config: " + json.dumps(config, sort_keys=True))
     return "\n".join(lines)
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    trust_pickle: bool = False,
+    config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Convert any supported checkpoint to a normalised .safetensors (atomic write; config in metadata).
+
+    The model config is taken from `config`, else from the source (safetensors metadata or the official
+    yacs config), else inferred by matching the keys and shapes against the registered released variants.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {src}")
+    raw = read_checkpoint_file(src, trust_pickle)
+    state_dict = normalize_state_dict(raw, source=str(src))
+    arch = None
+    if config is None and src.suffix == ".safetensors":
+        meta = read_safetensors_metadata(src)
+        config = json.loads(meta["config"]) if "config" in meta else None
+        arch = meta.get("arch")
+    if config is None and isinstance(raw, Mapping) and "config" in raw:
+        config = config_from_yacs(raw["config"])
+    if config is None:
+        arch = infer_variant(state_dict)
+        if arch is not None:
+            config = released_variant_args(arch)
+            head = state_dict.get("classifier.head.weight")
+            if head is not None:
+                config["num_classes"] = int(head.shape[0])
+    metadata = {"format": "pt", "source_file": src.name}
+    if config is not None:
+        metadata["config"] = json.dumps(dict(config))
+    if arch:
+        metadata["arch"] = arch
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    atomic_write_bytes(dst, safetensors_save(tensors, metadata=metadata))
+    return dst

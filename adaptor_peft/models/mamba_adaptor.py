@@ -30,7 +30,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from adaptor_peft.adaptors import MambaAdaptorConfig, inject_adaptors
 
-from .vmamba import _V2_COMMON, VSSM, _cfg, checkpoint_filter_fn
+from .vmamba import V2_COMMON_ARGS, VSSM, checkpoint_filter_fn, vmamba_cfg
 
 __all__ = ["MAMBA_ADAPTOR_VARIANTS", "MambaAdaptorNet", "mamba_adaptor_variant_args"]
 
@@ -75,14 +75,24 @@ def _adaptor(heads: int, points: int) -> dict[str, Any]:
 
 MAMBA_ADAPTOR_VARIANTS: dict[str, dict[str, Any]] = {
     "mamba_adaptor_b1": dict(
-        _V2_COMMON, depths=[2, 2, 8, 2], dims=48, ssm_ratio=1.0, drop_path_rate=0.1, adaptor=_adaptor(4, 4)
+        V2_COMMON_ARGS,
+        depths=[2, 2, 8, 2],
+        dims=48,
+        ssm_ratio=1.0,
+        drop_path_rate=0.1,
+        adaptor=_adaptor(4, 4),
     ),
     "mamba_adaptor_b2": dict(
-        _V2_COMMON, depths=[2, 2, 8, 2], dims=96, ssm_ratio=1.0, drop_path_rate=0.2, adaptor=_adaptor(8, 4)
+        V2_COMMON_ARGS,
+        depths=[2, 2, 8, 2],
+        dims=96,
+        ssm_ratio=1.0,
+        drop_path_rate=0.2,
+        adaptor=_adaptor(8, 4),
     ),
     # Tiny model for tests: the b-layout at dims 16, depths 1-1-2-1, 10 classes.
     "test_mamba_adaptor": dict(
-        _V2_COMMON,
+        V2_COMMON_ARGS,
         depths=[1, 1, 2, 1],
         dims=16,
         ssm_ratio=1.0,
@@ -98,9 +108,9 @@ _PAPER = dict(
 default_cfgs = generate_default_cfgs(
     {
         # No weights were released: the configs have no URL/file (pretrained=True raises in timm).
-        "mamba_adaptor_b1.untrained": _cfg(**_PAPER),
-        "mamba_adaptor_b2.untrained": _cfg(**_PAPER),
-        "test_mamba_adaptor.untrained": _cfg(
+        "mamba_adaptor_b1.untrained": vmamba_cfg(**_PAPER),
+        "mamba_adaptor_b2.untrained": vmamba_cfg(**_PAPER),
+        "test_mamba_adaptor.untrained": vmamba_cfg(
             num_classes=10, input_size=(3, 64, 64), pool_size=(2, 2), **_PAPER
         ),
     }

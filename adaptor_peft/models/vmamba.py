@@ -26,9 +26,9 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from adaptor_peft.kernels import dispatch as _kernels
-from adaptor_peft.validation import check_model_input
 
 from .checkpoint import normalize_state_dict
+from .validation import check_model_input
 
 __all__ = [
     "LayerNorm2d",
@@ -655,7 +655,7 @@ class VSSM(nn.Module):
         self.patch_size = patch_size
         self.global_pool = global_pool
         self.grad_checkpointing = False
-        # Input checks (adaptor_peft.validation), opt-in: zero-pad H/W up to the patch multiple instead of
+        # Input checks (models/validation.py), opt-in: zero-pad H/W up to the patch multiple instead of
         # failing, and fail fast on NaN/Inf inputs (costs an isfinite pass and a sync per forward).
         self.pad_to_patch = False
         self.check_finite = False
@@ -912,7 +912,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     return state_dict
 
 
-def _cfg(file: str = "", tag: str = "#v2cls", **kwargs: Any) -> dict[str, Any]:
+def vmamba_cfg(file: str = "", tag: str = "#v2cls", **kwargs: Any) -> dict[str, Any]:
+    """timm pretrained_cfg of a VMamba-family model (data config, head name, release URL of `file`)."""
     return {
         "url": _RELEASE_URL.format(tag=tag.replace("#", "%23"), file=file) if file else "",
         "notes": (f"official checkpoint: {file} (release {tag})",) if file else (),
@@ -934,7 +935,7 @@ def _cfg(file: str = "", tag: str = "#v2cls", **kwargs: Any) -> dict[str, Any]:
 
 # Official constructor arguments of the nine released ImageNet-1K classifiers (docs/vmamba.md §2.2) and the
 # name of each in tests/data/conformance/released_variants_keys.json.
-_V2_COMMON = dict(
+V2_COMMON_ARGS = dict(
     patch_size=4, in_chans=3, num_classes=1000, ssm_d_state=1, ssm_dt_rank="auto", ssm_act_layer="silu",
     ssm_conv=3, ssm_conv_bias=False, ssm_drop_rate=0.0, ssm_init="v0", forward_type="v05_noz", mlp_ratio=4.0,
     mlp_act_layer="gelu", mlp_drop_rate=0.0, gmlp=False, patch_norm=True, norm_layer="ln2d",
@@ -952,37 +953,37 @@ RELEASED_VARIANTS: dict[str, dict[str, Any]] = {
         release_name="vssm1_tiny_0230s",
         file="vssm1_tiny_0230s_ckpt_epoch_264.pth",
         tag="#v2cls",
-        args=dict(_V2_COMMON, depths=[2, 2, 8, 2], dims=96, ssm_ratio=1.0, drop_path_rate=0.2),
+        args=dict(V2_COMMON_ARGS, depths=[2, 2, 8, 2], dims=96, ssm_ratio=1.0, drop_path_rate=0.2),
     ),
     "vmamba_small_s1l20": dict(
         release_name="vssm1_small_0229s",
         file="vssm1_small_0229s_ckpt_epoch_240.pth",
         tag="#v2cls",
-        args=dict(_V2_COMMON, depths=[2, 2, 20, 2], dims=96, ssm_ratio=1.0, drop_path_rate=0.3),
+        args=dict(V2_COMMON_ARGS, depths=[2, 2, 20, 2], dims=96, ssm_ratio=1.0, drop_path_rate=0.3),
     ),
     "vmamba_base_s1l20": dict(
         release_name="vssm1_base_0229s",
         file="vssm1_base_0229s_ckpt_epoch_225.pth",
         tag="#v2cls",
-        args=dict(_V2_COMMON, depths=[2, 2, 20, 2], dims=128, ssm_ratio=1.0, drop_path_rate=0.5),
+        args=dict(V2_COMMON_ARGS, depths=[2, 2, 20, 2], dims=128, ssm_ratio=1.0, drop_path_rate=0.5),
     ),
     "vmamba_tiny_s2l5": dict(
         release_name="vssm_tiny_0230",
         file="vssm_tiny_0230_ckpt_epoch_262.pth",
         tag="#v2cls",
-        args=dict(_V2_COMMON, depths=[2, 2, 5, 2], dims=96, ssm_ratio=2.0, drop_path_rate=0.2),
+        args=dict(V2_COMMON_ARGS, depths=[2, 2, 5, 2], dims=96, ssm_ratio=2.0, drop_path_rate=0.2),
     ),
     "vmamba_small_s2l15": dict(
         release_name="vssm_small_0229",
         file="vssm_small_0229_ckpt_epoch_222.pth",
         tag="#v2cls",
-        args=dict(_V2_COMMON, depths=[2, 2, 15, 2], dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
+        args=dict(V2_COMMON_ARGS, depths=[2, 2, 15, 2], dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
     ),
     "vmamba_base_s2l15": dict(
         release_name="vssm_base_0229",
         file="vssm_base_0229_ckpt_epoch_237.pth",
         tag="#v2cls",
-        args=dict(_V2_COMMON, depths=[2, 2, 15, 2], dims=128, ssm_ratio=2.0, drop_path_rate=0.6),
+        args=dict(V2_COMMON_ARGS, depths=[2, 2, 15, 2], dims=128, ssm_ratio=2.0, drop_path_rate=0.6),
     ),
     "vanilla_vmamba_tiny": dict(
         release_name="vanilla_vmamba_tiny",
@@ -1005,12 +1006,14 @@ RELEASED_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 # A tiny model for tests: the released v2 layout (0230s) at dims 16.
-_TEST_ARGS = dict(_V2_COMMON, depths=[1, 1, 2, 1], dims=16, ssm_ratio=1.0, drop_path_rate=0.0, num_classes=10)
+_TEST_ARGS = dict(
+    V2_COMMON_ARGS, depths=[1, 1, 2, 1], dims=16, ssm_ratio=1.0, drop_path_rate=0.0, num_classes=10
+)
 
 default_cfgs = generate_default_cfgs(
     {
-        **{f"{name}.in1k": _cfg(v["file"], v["tag"]) for name, v in RELEASED_VARIANTS.items()},
-        "test_vmamba": _cfg(num_classes=10, input_size=(3, 64, 64), pool_size=(2, 2)),
+        **{f"{name}.in1k": vmamba_cfg(v["file"], v["tag"]) for name, v in RELEASED_VARIANTS.items()},
+        "test_vmamba": vmamba_cfg(num_classes=10, input_size=(3, 64, 64), pool_size=(2, 2)),
     }
 )
 

@@ -9,8 +9,8 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper, _set_trainable
 from torch import nn
 
-from adaptor_peft.adaptors import MambaAdaptorConfig, find_ss2d
-from adaptor_peft.adaptors.inject import NORM_TYPES, _select_blocks
+from adaptor_peft.adaptors import MambaAdaptorConfig
+from adaptor_peft.adaptors.selection import NORM_TYPES, find_ss2d, select_blocks
 
 from .config import MambaAdaptorPeftConfig
 from .layer import ADAPTOR_MODULES, HOOKS, MERGE_ERROR, MambaAdaptorLayer
@@ -29,7 +29,7 @@ def _as_adaptor_config(config: Any) -> MambaAdaptorConfig:
 def selected_ss2d_names(model: nn.Module, config: MambaAdaptorConfig) -> list[str]:
     """Module names of the SS2D blocks that config.stages / config.blocks select."""
     names = {id(m): n for n, m in model.named_modules()}
-    return [names[id(op)] for _, op in _select_blocks(find_ss2d(model), config)]
+    return [names[id(op)] for _, op in select_blocks(find_ss2d(model), config)]
 
 
 def _outermost(names: list[str]) -> list[str]:

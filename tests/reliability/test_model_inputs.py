@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from adaptor_peft.models import create_model
-from adaptor_peft.train.toy import TINY_VMAMBA
-from adaptor_peft.validation import (
+from adaptor_peft.models.validation import (
     ImageInputError,
     ImageTypeError,
     NonFiniteInputError,
     check_images,
     input_multiple,
 )
+from adaptor_peft.train.toy import TINY_VMAMBA
 
 
 @pytest.fixture(scope="module")
