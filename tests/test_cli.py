@@ -72,13 +72,47 @@ def test_train_refuses_finished_run_with_one_line_error(trained_run, capsys):
     assert err.startswith("error: ") and "already holds a finished run" in err and "\n" not in err
 
 
+def _eval_by_hand(run, npz_path, size=16):
+    """Metrics of the trained model on an .npz of gray images, computed here: the images padded (black,
+    centred) to size x size and normalised by hand, accuracy / confusion / loss with numpy."""
+    from adaptor_peft.train.inference import load_trained
+
+    data = np.load(npz_path)
+    x, y = data["x"].astype(np.float32) / 255.0, data["y"]
+    top = (size - x.shape[1]) // 2
+    left = (size - x.shape[2]) // 2
+    canvas = np.zeros((len(x), 3, size, size), dtype=np.float32)
+    canvas[:, :, top : top + x.shape[1], left : left + x.shape[2]] = x[:, None]
+    with torch.no_grad():
+        logits = load_trained(run).model(torch.from_numpy((canvas - 0.5) / 0.5)).double().numpy()
+    num_classes = logits.shape[1]
+    preds = logits.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y, preds), 1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return {
+        "count": len(y),
+        "top1": 100.0 * float(np.mean(preds == y)),
+        "loss": float(-log_probs[np.arange(len(y)), y].mean()),
+        "confusion": confusion.tolist(),
+        "per_class": [100.0 * confusion[c, c] / confusion[c].sum() for c in range(num_classes)],
+    }
+
+
 def test_eval(trained_run, capsys):
     root, _ = trained_run
     assert main(["eval", str(root / "run"), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    final = json.loads((root / "run" / "final_eval.json").read_text())
-    assert metrics["count"] == 16 and metrics["confusion"] == final["confusion"]
-    assert metrics["top1"] == pytest.approx(final["top1"])
+    expected = _eval_by_hand(root / "run", root / "eval.npz")
+    assert metrics["count"] == expected["count"] == 16
+    assert metrics["confusion"] == expected["confusion"]
+    assert metrics["top1"] == pytest.approx(expected["top1"])
+    assert metrics["per_class"] == pytest.approx(expected["per_class"])
+    assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert metrics["top5"] == 100.0  # 4 classes: "top-5" is top-4, every image (see test_metrics_oracle)
+    final = json.loads((root / "run" / "final_eval.json").read_text())  # the trainer's own model
+    assert final["confusion"] == expected["confusion"] and final["top1"] == pytest.approx(expected["top1"])
     assert main(["eval", str(root / "run"), "--data", str(root / "train.npz")]) == 0
     out = capsys.readouterr().out
     assert "(32 images)" in out and out.startswith("top-1 ")

@@ -141,8 +141,11 @@ def test_state_dict_report_and_config(build_conformance_model):
     assert trainable == set(sd)
 
     rep = trainable_report(model)
-    n_adapt = sum(state[k].numel() for k in adaptor_keys)
-    n_head = 64 * 10 + 10 if False else state["classifier.head.weight"].numel() + 10
+    # from the shapes (dims 16-32-64-128, depths 1-1-2-1, d_state 1, 10 classes): per block of d_inner D,
+    # Adaptor-T phi_p + phi_c (8 x D weights + 8 biases each) + gamma (D) and Adaptor-S 9*D
+    n_adapt = sum(2 * (8 * d + 8) + d + 9 * d for d in (16, 32, 64, 64, 128))
+    n_head = 128 * 10 + 10
+    assert n_adapt == sum(state[k].numel() for k in adaptor_keys)
     assert rep.adaptor_params == n_adapt and rep.head_params == n_head
     assert rep.base_params == 384_074 and rep.base_params_no_head == 384_074 - n_head
     assert rep.trainable_params == n_adapt + n_head and rep.trainable_params_no_head == n_adapt

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import timm
 import torch
@@ -10,7 +12,48 @@ import torch.nn as nn
 from adaptor_peft.adaptors import MambaAdaptorConfig, inject_adaptors
 from adaptor_peft.flops import count_flops, model_flops_summary
 from adaptor_peft.models import mamba_adaptor  # noqa: F401  (registers the family)
-from adaptor_peft.models.vmamba import VSSM, released_variant_args
+from adaptor_peft.models.vmamba import VSSM, LayerNorm2d, VSSBlock, released_variant_args
+
+
+def vss_block_macs(c: int, tokens: int, d_state: int, ssm_ratio: float, mlp_ratio: float) -> dict[str, int]:
+    """MACs of one v05_noz / ln2d VSS block over `tokens` positions, layer by layer from its shapes.
+
+    Counter convention: LayerNorm 5 per element, Linear/conv their MACs (no bias), activations 0; the
+    SS2D internals as in flops.py's docstring (K = 4 scan directions).
+    """
+    d, n, r, hidden, k = int(ssm_ratio * c), d_state, math.ceil(c / 16), int(mlp_ratio * c), 4
+    return {
+        "norm": 5 * c * tokens,
+        "in_proj": tokens * c * d,  # c -> d (no gate z)
+        "conv2d": tokens * d * 9,  # depthwise 3x3
+        "x_proj": k * tokens * d * (r + 2 * n),  # d -> (dt rank + B + C), per direction
+        "dt_proj": k * tokens * r * d,  # rank -> d, per direction
+        "scan": 9 * tokens * k * d * n + k * d * tokens,  # selective scan + D skip
+        "out_norm": 5 * d * tokens,
+        "out_proj": tokens * d * c,
+        "norm2": 5 * c * tokens,
+        "fc1": tokens * c * hidden,
+        "fc2": tokens * hidden * c,
+    }
+
+
+def vmamba_v2_macs(dims, depths, img: int, d_state: int, mlp_ratio: float, num_classes: int) -> int:
+    """MACs of a v2-layout VMamba (v2 stem, v3 downsample, ssm_ratio 1) on an img x img RGB input."""
+
+    def half(size: int) -> int:  # 3x3 conv, stride 2, padding 1
+        return (size - 1) // 2 + 1
+
+    h1 = half(img)
+    h = half(h1)
+    total = h1 * h1 * (dims[0] // 2) * 3 * 9 + 5 * (dims[0] // 2) * h1 * h1  # stem conv 1 + LN
+    total += h * h * dims[0] * (dims[0] // 2) * 9 + 5 * dims[0] * h * h  # stem conv 2 + LN
+    for i, (c, depth) in enumerate(zip(dims, depths)):
+        total += depth * sum(vss_block_macs(c, h * h, d_state, 1.0, mlp_ratio).values())
+        if i < len(dims) - 1:
+            h = half(h)
+            total += h * h * dims[i + 1] * c * 9 + 5 * dims[i + 1] * h * h  # downsample conv + LN
+    c = dims[-1]
+    return total + 5 * c * h * h + c * h * h + c * num_classes  # classifier LN, avg pool, head
 
 
 def _meta(name: str) -> nn.Module:
@@ -63,11 +106,34 @@ def test_adaptor_counts_phi_gather_softmax_readout_and_convs() -> None:
     assert r.flops == plain.flops + phi + gather + softmax + readout + length * 9 * d
 
 
+def test_one_vss_block_layer_by_layer() -> None:
+    """One block (d_inner = 2 * d_model, d_state 3, MLP 2x) on a 4x5 grid, batch 3, against its shapes."""
+    c, tokens, batch = 16, 4 * 5, 3
+    block = VSSBlock(c, norm_layer=LayerNorm2d, channel_first=True, ssm_d_state=3, ssm_ratio=2.0,
+                     ssm_conv_bias=False, forward_type="v05_noz", mlp_ratio=2.0)  # fmt: skip
+    r = count_flops(block, img_size=(4, 5), batch=batch, in_chans=c)
+    m = {k: batch * v for k, v in vss_block_macs(c, tokens, 3, 2.0, 2.0).items()}
+    assert m["in_proj"] == 3 * 20 * 16 * 32 and m["scan"] == 3 * (9 * 20 * 4 * 32 * 3 + 4 * 32 * 20)
+    assert r.by_category["norm"] == m["norm"] + m["out_norm"] + m["norm2"]
+    assert r.by_category["linear"] == m["in_proj"] + m["out_proj"] + m["fc1"] + m["fc2"]
+    assert r.by_category["conv"] == m["conv2d"]
+    assert r.by_category["ssm_proj"] == m["x_proj"] + m["dt_proj"]
+    assert r.by_category["selective_scan"] == m["scan"]
+    assert r.flops == sum(m.values())
+
+
+@pytest.mark.parametrize("img", [64, 52])  # 52: odd grids after the stride-2 convs (13 -> 7 -> 4)
+def test_whole_test_vmamba_from_the_shapes(img: int) -> None:
+    r = count_flops(_meta("test_vmamba"), img_size=img)
+    assert r.flops == vmamba_v2_macs([16, 32, 64, 128], [1, 1, 2, 1], img, 1, 4.0, 10)
+
+
 def test_vmamba_tiny_s1l8_matches_official_figures() -> None:
     r = count_flops(_meta("vmamba_tiny_s1l8"), img_size=224)
     assert r.params == 30_249_064  # docs/vmamba.md §2.1, exact
     assert r.gflops == pytest.approx(4.9, rel=0.10)  # official 4.9G
-    assert r.flops == 4_905_609_984  # regression value of this counter
+    analytic = vmamba_v2_macs([96, 192, 384, 768], [2, 2, 8, 2], 224, 1, 4.0, 1000)
+    assert r.flops == analytic == 4_905_609_984  # every layer's MACs written out from the shapes
 
 
 @pytest.mark.parametrize(
