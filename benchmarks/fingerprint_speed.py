@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from adaptor_peft.fingerprint import fingerprint_tensors
+from adaptor_peft.io.fingerprint import fingerprint_tensors
 
 
 def main() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from io_toy import TOY_API
 
-import adaptor_peft.io as aio
+from adaptor_peft.io import adaptor_file
 
 
 @pytest.fixture
 def toy_api(monkeypatch):
-    """Route adaptor_peft.io to the toy adaptor backend."""
-    monkeypatch.setattr(aio, "_adaptors_api", lambda: TOY_API)
+    """Route adaptor files to the toy adaptor backend (adaptor_file's documented seam)."""
+    monkeypatch.setattr(adaptor_file, "adaptor_backend", lambda: TOY_API)
     return TOY_API

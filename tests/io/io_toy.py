@@ -159,7 +159,7 @@ def rewrite(src: Path, dst: Path, edit_tensors=None, edit_meta=None, resign: boo
         meta = edit_meta(meta) or meta
     if resign and aio.META_TENSORS in meta:
         meta[aio.META_TENSORS] = json.dumps(
-            {k: {"dtype": aio._DTYPE_TAGS[t.dtype], "shape": list(t.shape)} for k, t in tensors.items()}
+            {k: {"dtype": aio.DTYPE_TAGS[t.dtype], "shape": list(t.shape)} for k, t in tensors.items()}
         )
     if resign and aio.META_CONTENT_SHA256 in meta:
         meta[aio.META_CONTENT_SHA256] = aio.content_digest(meta, tensors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import warnings
 
@@ -144,7 +145,7 @@ def test_atomic_write_keeps_old_file(tmp_path, toy_api, monkeypatch):
         raise OSError("disk full")
 
     with monkeypatch.context() as mp:
-        mp.setattr(aio.os, "fsync", boom)
+        mp.setattr(os, "fsync", boom)
         with pytest.raises(OSError, match="disk full"):
             aio.save_adaptors(model, path)
     assert path.read_bytes() == old
@@ -462,7 +463,7 @@ def test_fingerprint_hashes_every_byte():
     claim (30M parameters well under a second) is measured by benchmarks/fingerprint_speed.py."""
     import hashlib
 
-    from adaptor_peft.fingerprint import fingerprint_tensors
+    from adaptor_peft.io.fingerprint import fingerprint_tensors
 
     g = torch.Generator().manual_seed(3)
     tensors = {f"t{i}": torch.randn(1000 + i, generator=g) for i in range(5)}
@@ -498,7 +499,6 @@ def test_describe_pickle_checkpoint(tmp_path):
 
 
 def test_save_refuses_nan_and_writes_normal_permissions(tmp_path, toy_api):
-    import os
     import stat
 
     model = make_trained()

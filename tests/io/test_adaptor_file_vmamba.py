@@ -163,7 +163,7 @@ def test_spatial_only_and_no_head(tmp_path):
 def _digest(model) -> tuple:
     """Cheap exact summary of everything a load could change: every state_dict byte (sha256), the
     requires_grad flags and the adaptor config."""
-    from adaptor_peft.fingerprint import model_fingerprint
+    from adaptor_peft.io.fingerprint import model_fingerprint
 
     flags = tuple(p.requires_grad for p in model.parameters())
     return model_fingerprint(model)["values"], flags, getattr(model, "adaptor_config", None)

@@ -1,0 +1,125 @@
+"""The `adaptor-peft info` pretty-printer: a readable summary of an adaptor file, a model checkpoint,
+or a peft adapter directory, read from headers only where the format allows it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from adaptor_peft.models import load_checkpoint
+
+from .adaptor_header import META_FORMAT_VERSION, parse_adaptor_header
+from .errors import AdaptorMetadataError
+from .safetensors_reader import DTYPE_TAGS, read_safetensors
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _tensor_table(rows: list[tuple[str, str, tuple[int, ...], int]]) -> list[str]:
+    """Lines of a name/dtype/shape/params/bytes table plus a total line."""
+    if not rows:
+        return ["  (no tensors)"]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"  {'name':<{width}}  {'dtype':<5}  {'shape':<20}  {'params':>10}  {'bytes':>10}"]
+    total_params = total_bytes = 0
+    for name, dtype, shape, nbytes in rows:
+        numel = math.prod(shape)
+        total_params += numel
+        total_bytes += nbytes
+        lines.append(f"  {name:<{width}}  {dtype:<5}  {str(list(shape)):<20}  {numel:>10,}  {nbytes:>10,}")
+    lines.append(
+        f"  total: {len(rows)} tensors, {total_params:,} params, {_human_bytes(total_bytes)} of data"
+    )
+    return lines
+
+
+def _describe_safetensors(path: Path) -> list[str]:
+    raw = read_safetensors(path, header_only=True)
+    rows = [(k, e.dtype, e.shape, e.nbytes) for k, e in sorted(raw.entries.items())]
+    lines: list[str] = []
+    if META_FORMAT_VERSION in raw.metadata:
+        header = parse_adaptor_header(raw)
+        lines += [
+            f"adaptor file: {path}",
+            f"  format version: {header.format_version}   written by adaptor_peft {header.library_version}",
+            f"  base architecture: {header.base_architecture}",
+            f"  base fingerprint: {header.base_fingerprint.get('values', '')[:16]} "
+            f"({header.base_fingerprint.get('num_tensors', '?')} frozen base tensors)",
+            f"  includes head: {header.include_head}",
+            "  adaptor config:",
+        ]
+        lines += [f"    {k}: {json.dumps(v)}" for k, v in sorted(header.config.items())]
+        if header.base_config:
+            lines.append("  base config:")
+            lines += [f"    {k}: {json.dumps(v)}" for k, v in sorted(header.base_config.items())]
+        if header.user_metadata:
+            lines.append("  user metadata:")
+            lines += [f"    {k}: {json.dumps(v)}" for k, v in sorted(header.user_metadata.items())]
+    else:
+        lines.append(f"safetensors file: {path}")
+        if raw.metadata:
+            lines.append("  metadata:")
+            lines += [f"    {k}: {v}" for k, v in sorted(raw.metadata.items())]
+    lines.append("  tensors:")
+    lines += _tensor_table(rows)
+    lines.append(f"  file size: {_human_bytes(raw.file_size)} ({raw.file_size:,} bytes)")
+    return lines
+
+
+def _describe_pickle_checkpoint(path: Path) -> list[str]:
+    state = load_checkpoint(path)  # weights_only loading: never unpickles code
+    rows = [
+        (k, DTYPE_TAGS.get(t.dtype, str(t.dtype)), tuple(t.shape), t.numel() * t.element_size())
+        for k, t in sorted(state.items())
+    ]
+    return [
+        f"checkpoint: {path}",
+        "  tensors:",
+        *_tensor_table(rows),
+        f"  file size: {_human_bytes(path.stat().st_size)}",
+    ]
+
+
+def _describe_peft_dir(path: Path) -> list[str]:
+    cfg_path = path / "adapter_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdaptorMetadataError(cfg_path, f"cannot read peft adapter config: {exc}") from exc
+    lines = [
+        f"peft adapter directory: {path}",
+        f"  peft_type: {cfg.get('peft_type')}",
+        "  adapter_config.json:",
+    ]
+    lines += [f"    {k}: {json.dumps(v)}" for k, v in sorted(cfg.items()) if k != "peft_type"]
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        raw = read_safetensors(weights, header_only=True)
+        rows = [(k, e.dtype, e.shape, e.nbytes) for k, e in sorted(raw.entries.items())]
+        lines += ["  adapter_model.safetensors:", *_tensor_table(rows)]
+        lines.append(f"  file size: {_human_bytes(raw.file_size)} ({raw.file_size:,} bytes)")
+    else:
+        lines.append("  adapter_model.safetensors: missing")
+    subdirs = sorted(p.name for p in path.iterdir() if (p / "adapter_config.json").is_file())
+    if subdirs:
+        lines.append(f"  other named adapters (sub-folders): {', '.join(subdirs)}")
+    return lines
+
+
+def describe_file(path: str | os.PathLike) -> str:
+    """Human-readable summary of an adaptor file, a model checkpoint, or a peft adapter directory."""
+    path = Path(path)
+    if path.is_dir():
+        return "\n".join(_describe_peft_dir(path))
+    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        return "\n".join(_describe_pickle_checkpoint(path))
+    return "\n".join(_describe_safetensors(path))

@@ -1,0 +1,238 @@
+"""Reading a safetensors file for the adaptor-file checks: header entries parsed, tensor data kept as bytes.
+
+The container itself (UTF-8 JSON header, field types, known dtypes, data offsets that tile the data
+exactly) is validated by the ``safetensors`` library; its refusal becomes an :class:`AdaptorHeaderError`.
+This module adds only what safetensors lacks: file and length-prefix errors worded for users (also
+what lets a header be read without the data), duplicate tensor names and unknown entry fields (both
+of which it ignores), the dtypes adaptor_peft decodes, and the name of the tensor behind a refusal
+that safetensors words without one (data cut off, a byte span that disagrees with dtype x shape,
+trailing bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import safe_open
+
+from .errors import AdaptorFileCorruptError, AdaptorFileError, AdaptorFileUnreadableError, AdaptorHeaderError
+
+# safetensors dtype tag -> (torch dtype, bytes per element): the dtypes adaptor_peft reads
+DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    "F64": (torch.float64, 8),
+    "F32": (torch.float32, 4),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "I64": (torch.int64, 8),
+    "I32": (torch.int32, 4),
+    "I16": (torch.int16, 2),
+    "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1),
+    "BOOL": (torch.bool, 1),
+}
+DTYPE_TAGS: dict[torch.dtype, str] = {dt: tag for tag, (dt, _) in DTYPES.items()}
+# safetensors' own limit; checked before reading so a bogus length prefix never allocates much
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as the safetensors header describes it."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the tensor's data in bytes."""
+        return self.end - self.begin
+
+
+@dataclass
+class RawSafetensors:
+    """A safetensors file that safetensors accepts, its header parsed (tensor data still as bytes)."""
+
+    path: Path
+    data: bytes  # the whole file, or only length prefix + header when read with header_only=True
+    file_size: int
+    header_len: int
+    entries: dict[str, TensorEntry]
+    metadata: dict[str, str]
+
+    def decode(self) -> dict[str, torch.Tensor]:
+        """All tensors, decoded by safetensors itself (its own checks wrapped as AdaptorFileError)."""
+        try:
+            if len(self.data) != self.file_size:
+                self.data = self.path.read_bytes()
+            return safetensors.torch.load(self.data)
+        except Exception as exc:  # SafetensorError, or anything the decoder raises on bad bytes
+            raise AdaptorFileCorruptError(self.path, f"safetensors cannot decode the file: {exc}") from exc
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _read(path: Path, header_only: bool) -> tuple[bytes, int]:
+    """(bytes, file size): the whole file, or just the length prefix and the header."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if not header_only:
+                data = f.read()
+                return data, len(data)
+            data = f.read(8)
+            if len(data) == 8:
+                n = int.from_bytes(data, "little")
+                if n <= min(size - 8, _MAX_HEADER_BYTES):
+                    data += f.read(n)
+            return data, size
+    except FileNotFoundError as exc:
+        raise AdaptorFileUnreadableError(path, "file not found") from exc
+    except IsADirectoryError as exc:
+        hint = (
+            " (a peft adapter directory: load it with peft.PeftModel.from_pretrained(model, directory))"
+            if (path / "adapter_config.json").is_file()
+            else ""
+        )
+        raise AdaptorFileUnreadableError(path, f"is a directory, not an adaptor file{hint}") from exc
+    except OSError as exc:
+        raise AdaptorFileUnreadableError(path, f"cannot read the file: {exc}") from exc
+
+
+def _header_len(path: Path, data: bytes, size: int) -> int:
+    """The length prefix, checked against the file size (safetensors words this as 'invalid length')."""
+    if size < 8:
+        raise AdaptorFileUnreadableError(
+            path, f"file has {size} bytes, fewer than the 8-byte safetensors length prefix", key="header"
+        )
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > min(size - 8, _MAX_HEADER_BYTES):
+        raise AdaptorFileCorruptError(
+            path,
+            f"the length prefix announces a {header_len}-byte header but only {size - 8} bytes follow "
+            "(truncated file, or not a safetensors file)",
+            key="header",
+        )
+    return header_len
+
+
+def _readable_entry(info: Any) -> bool:
+    """Exactly the three fields, with a dtype adaptor_peft reads and integer shape and offsets."""
+    if not isinstance(info, dict) or set(info) != _ENTRY_FIELDS:
+        return False
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    return (
+        isinstance(dtype, str)
+        and dtype in DTYPES
+        and isinstance(shape, list)
+        and all(_is_count(d) for d in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(_is_count(o) for o in offsets)
+        and offsets[0] <= offsets[1]
+    )
+
+
+def _name_the_fault(path: Path, header_bytes: bytes, body_len: int) -> AdaptorFileError | None:
+    """The specific error behind a refusal that safetensors words without naming the tensor, if found.
+
+    safetensors says "incomplete metadata" both for cut-off data and for trailing bytes, and "invalid
+    shape, data type, or offset" without saying which tensor. Entries are checked in header order;
+    None (keep safetensors' own message) for anything else, such as a malformed entry or a gap.
+    """
+    try:
+        header = json.loads(header_bytes.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    spans = []
+    for name, info in header.items():
+        if not _readable_entry(info):
+            return None
+        dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        if end > body_len:
+            return AdaptorFileCorruptError(
+                path,
+                f"tensor data ends at byte {end} but the file holds only {body_len} data bytes "
+                "(truncated file?)",
+                key=name,
+            )
+        need = math.prod(shape) * DTYPES[dtype][1]
+        if end - begin != need:
+            return AdaptorHeaderError(
+                path,
+                f"header says dtype {dtype} shape {shape} ({need} bytes) but data_offsets {[begin, end]} "
+                f"span {end - begin} bytes",
+                key=name,
+            )
+        spans.append((begin, end))
+    pos = 0
+    for begin, end in sorted(spans):
+        if begin != pos:
+            return None  # a gap or an overlap: safetensors' message names the tensor
+        pos = end
+    if pos != body_len:
+        return AdaptorFileCorruptError(
+            path,
+            f"tensors cover {pos} data bytes but the file holds {body_len} (trailing bytes)",
+            key="header",
+        )
+    return None
+
+
+def read_safetensors(path: str | os.PathLike, header_only: bool = False) -> RawSafetensors:
+    """Read a safetensors file that safetensors itself accepts, with its header parsed into entries.
+
+    ``header_only`` reads just the header (for describing large checkpoints); decode() reads the rest.
+    """
+    path = Path(path)
+    data, size = _read(path, header_only)
+    header_len = _header_len(path, data, size)
+    header_bytes = data[8 : 8 + header_len]
+    try:
+        with safe_open(str(path), framework="pt"):  # maps the file: checks the header, reads no data
+            pass
+    except OSError as exc:  # the file went away or became unreadable since it was read
+        raise AdaptorFileUnreadableError(path, f"cannot read the file: {exc}") from exc
+    except Exception as exc:  # SafetensorError: safetensors refuses the container
+        fault = _name_the_fault(path, header_bytes, size - 8 - header_len)
+        if fault is not None:
+            raise fault from exc
+        raise AdaptorHeaderError(path, f"safetensors refuses the file: {exc}", key="header") from exc
+
+    try:  # safetensors accepted it, so this is valid JSON; it keeps the last of duplicate keys, we refuse
+        header = json.loads(header_bytes.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise AdaptorHeaderError(path, f"header is not valid UTF-8 JSON ({exc})", key="header") from exc
+    metadata = header.pop("__metadata__", None) or {}
+    entries: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        if set(info) != _ENTRY_FIELDS:  # safetensors ignores unknown fields
+            raise AdaptorHeaderError(path, "entry must hold exactly dtype, shape and data_offsets", key=name)
+        dtype, (begin, end) = info["dtype"], info["data_offsets"]
+        if dtype not in DTYPES:  # safetensors knows more dtypes (F8, U16, ...) than adaptor files use
+            raise AdaptorHeaderError(path, f"unknown dtype {dtype!r} (known: {sorted(DTYPES)})", key=name)
+        entries[name] = TensorEntry(dtype, tuple(info["shape"]), begin, end)
+    return RawSafetensors(path, data, size, header_len, entries, metadata)
