@@ -52,6 +52,12 @@ PLOT_FILE = "curves.png"
 RECIPE_FILE = "recipe.yaml"
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
 _OUTPUTS = (METRICS_FILE, EVAL_FILE, PLOT_FILE, RECIPE_FILE, RESULT_FILE, "final_eval.json", CKPT_DIR)
+#: Test-only hooks, off unless set (kill-and-resume tests kill at announced steps, not after sleeps):
+#: STEP_FILE_ENV names a file to which the main process appends each completed optimizer step (after
+#: that step's evaluation and checkpoint), flushed; with STEP_STOP_ENV=1 it then stops itself (SIGSTOP)
+#: until the test sends SIGCONT or SIGKILL, so it cannot run past a step the test has not seen.
+STEP_FILE_ENV = "ADAPTOR_PEFT_TEST_STEP_FILE"
+STEP_STOP_ENV = "ADAPTOR_PEFT_TEST_STEP_STOP"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -269,6 +275,16 @@ def evaluate(model: nn.Module, loader: DataLoader, accelerator: Any, num_classes
     return meter.compute()
 
 
+def _announce_step(path: str, step: int, stop: bool) -> None:
+    """Test hook (STEP_FILE_ENV): append ``step`` to ``path``; with ``stop``, SIGSTOP this process."""
+    with open(path, "a") as f:
+        f.write(f"{step}\n")
+    if stop:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
 class _Window:
     """Running sums between two logging steps (saved in checkpoints, so resumed logs are exact)."""
 
@@ -299,6 +315,8 @@ def train(
     t_start = time.time()
     accelerator = _fresh_accelerator(recipe)
     main = accelerator.is_main_process
+    step_file = os.environ.get(STEP_FILE_ENV) if main else None  # test hook, see STEP_FILE_ENV
+    stop_at_steps = os.environ.get(STEP_STOP_ENV) == "1"
     run_dir = Path(recipe.output_dir)
     if main:
         prepare_run_dir(run_dir, recipe)
@@ -507,6 +525,8 @@ def train(
                 last_eval = run_eval(step)
             if recipe.save_every and step % recipe.save_every == 0 and step != total_steps:
                 checkpoint(step)
+            if step_file:
+                _announce_step(step_file, step, stop_at_steps)
             if step >= total_steps:
                 break
     bar.close()
