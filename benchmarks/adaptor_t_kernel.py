@@ -61,12 +61,12 @@ def triton_call(tiles: dict[str, int]) -> Callable[..., torch.Tensor]:
 
 
 def torch_call() -> Callable[..., torch.Tensor]:
-    """The torch path (`adaptor_t_readout`, embedding_bag) on the (B, G*S, K, L) views, h channel-major."""
-    from adaptor_peft.kernels.adaptor_t import adaptor_t_readout
+    """The torch path (`adaptor_t_readout_torch`, embedding_bag) on (B, G*S, K, L) views, h channel-major."""
+    from adaptor_peft.kernels.adaptor_t_torch import adaptor_t_readout_torch
 
     def call(h, offsets, weights, C, gamma):  # noqa: ANN001, ANN202
         b, g, s, k, length = offsets.shape
-        return adaptor_t_readout(
+        return adaptor_t_readout_torch(
             h, offsets.reshape(b, g * s, k, length), weights.reshape(b, g * s, k, length), C, gamma
         )
 

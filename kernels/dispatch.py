@@ -1,4 +1,4 @@
-"""One entry point per primitive (selective scan, cross-scan, cross-merge) over the backends.
+"""One entry point per primitive (selective scan, cross-scan/merge, Adaptor-T read-out) over the backends.
 
 Backends: "torch" (fast CPU path, also fine on any device), "triton" (GPU kernels; on CPU only
 through the interpreter, TRITON_INTERPRET=1, for tests), "ref" (sequential oracle).
@@ -15,6 +15,8 @@ from types import ModuleType
 
 import torch
 
+from .adaptor_t_ref import adaptor_t_readout_ref
+from .adaptor_t_torch import readout_tokens, states_table
 from .cross_scan_ref import cross_merge_ref, cross_scan_ref
 from .cross_scan_torch import cross_merge_torch, cross_scan_torch
 from .scan_ref import selective_scan_ref
@@ -23,6 +25,7 @@ from .scan_torch import selective_scan_torch
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "adaptor_t_readout",
     "available_backends",
     "cross_merge",
     "cross_scan",
@@ -36,6 +39,7 @@ ENV_VAR = "ADAPTOR_PEFT_SCAN"
 _TRITON_MODULES = {
     "scan": "adaptor_peft.kernels.scan_triton",
     "cross": "adaptor_peft.kernels.cross_scan_triton",
+    "adaptor_t": "adaptor_peft.kernels.adaptor_t_triton",
 }
 _triton_cache: dict[str, ModuleType] = {}
 
@@ -137,3 +141,33 @@ def cross_merge(ys: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     if name == "torch":
         return cross_merge_torch(ys)
     return cross_merge_ref(ys)
+
+
+def adaptor_t_readout(
+    h: torch.Tensor,
+    offsets: torch.Tensor,
+    weights: torch.Tensor,
+    C: torch.Tensor,
+    gamma: torch.Tensor,
+    relative: bool = True,
+    *,
+    add_to: torch.Tensor | None = None,
+    table: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Adaptor-T read-out C . (gamma * m) (+ add_to); h (B,G*D,N,L), offsets/weights (B,L,G,S,K) -> (B,G*D,L).
+
+    `table` may pass `states_table(h)` when the caller already made it (the torch backend reads it).
+    """
+    name = resolve_backend(backend, h)
+    if name == "triton":
+        return _load_triton("adaptor_t").adaptor_t_readout_triton(
+            h, offsets, weights, C, gamma, relative, add_to=add_to
+        )
+    if name == "torch":
+        table = states_table(h) if table is None else table
+        return readout_tokens(table, offsets, weights, C, gamma, relative, h.shape[2], add_to=add_to)
+    batch, length, groups, heads, points = offsets.shape
+    as_ref = lambda t: t.permute(0, 2, 3, 4, 1).reshape(batch, groups * heads, points, length)  # noqa: E731
+    out = adaptor_t_readout_ref(h, as_ref(offsets), as_ref(weights), C, gamma, relative)
+    return out if add_to is None else add_to + out

@@ -20,8 +20,8 @@ import math
 import torch
 from torch import nn
 
-from adaptor_peft.kernels.adaptor_t import PAD_BEFORE, readout_tokens, states_table
-from adaptor_peft.kernels.dispatch import resolve_backend
+from adaptor_peft.kernels.adaptor_t_torch import PAD_BEFORE, states_table
+from adaptor_peft.kernels.dispatch import adaptor_t_readout, resolve_backend
 
 from .config import MambaAdaptorConfig
 
@@ -133,9 +133,12 @@ class AdaptorT(nn.Module):
                 f"AdaptorT(d_inner={self.d_inner}, d_state={self.d_state}) got states {tuple(hs.shape)} "
                 f"and C {tuple(Cs.shape)} for a {H}x{W} grid"
             )
-        if resolve_backend(None, hs) == "triton":
-            return self._forward_triton(hs, Cs, ys)
-        return self._forward_torch(hs, Cs, ys)
+        # The read-out kernel comes from dispatch like the scan's; the predictors are laid out for it:
+        # channel-major GEMMs feed the Triton kernel, one token-major table serves the CPU path.
+        backend = resolve_backend(None, hs)
+        if backend == "triton":
+            return self._forward_channel_major(hs, Cs, ys, backend)
+        return self._forward_token_major(hs, Cs, ys, backend)
 
     def _predictor(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight (G or 1, parts*S*K, in), bias (G or 1, parts*S*K)): phi_p rows then phi_c rows."""
@@ -157,10 +160,10 @@ class AdaptorT(nn.Module):
             )
         return raw if self.relative else torch.sigmoid(raw) * (length - 1)
 
-    def _forward_triton(self, hs: torch.Tensor, Cs: torch.Tensor, ys: torch.Tensor | None) -> torch.Tensor:
+    def _forward_channel_major(
+        self, hs: torch.Tensor, Cs: torch.Tensor, ys: torch.Tensor | None, backend: str
+    ) -> torch.Tensor:
         """GPU path: predictors as one batched GEMM on the channel-major states, one fused read-out kernel."""
-        from adaptor_peft.kernels.adaptor_t_triton import adaptor_t_readout_triton
-
         batch, channels, n, length = hs.shape
         groups = Cs.shape[1]
         heads, points, d_inner = self.heads, self.points, self.d_inner
@@ -176,9 +179,11 @@ class AdaptorT(nn.Module):
         raw = pred[:, :, 0].permute(0, 4, 1, 2, 3) if self.dynamic else None
         offsets = self._offsets(raw, coeffs, length)
         gamma = self.gamma.to(acc).expand(groups, d_inner).reshape(-1)
-        return adaptor_t_readout_triton(hs, offsets, coeffs, Cs, gamma, self.relative, add_to=ys)
+        return adaptor_t_readout(hs, offsets, coeffs, Cs, gamma, self.relative, add_to=ys, backend=backend)
 
-    def _forward_torch(self, hs: torch.Tensor, Cs: torch.Tensor, ys: torch.Tensor | None) -> torch.Tensor:
+    def _forward_token_major(
+        self, hs: torch.Tensor, Cs: torch.Tensor, ys: torch.Tensor | None, backend: str
+    ) -> torch.Tensor:
         """CPU path: predictors and the embedding_bag read-out on one channel-last table of the states."""
         batch, channels, n, length = hs.shape
         groups = Cs.shape[1]
@@ -211,4 +216,7 @@ class AdaptorT(nn.Module):
         raw = pred[0][:, :, :, tokens].permute(2, 3, 4, 1, 0) if self.dynamic else None
         offsets = self._offsets(raw, coeffs, length)
         gamma = self.gamma.to(q.dtype).expand(groups, d_inner).reshape(-1)
-        return readout_tokens(table, offsets, coeffs, Cs.to(q.dtype), gamma, self.relative, n, add_to=ys)
+        C = Cs.to(q.dtype)
+        return adaptor_t_readout(
+            hs, offsets, coeffs, C, gamma, self.relative, add_to=ys, table=table, backend=backend
+        )

@@ -7,12 +7,12 @@ import torch
 
 import adaptor_peft.adaptors.temporal as temporal
 from adaptor_peft.adaptors import AdaptorT, MambaAdaptorConfig
-from adaptor_peft.kernels.adaptor_t import PAD_BEFORE
 from adaptor_peft.kernels.adaptor_t_ref import adaptor_t_readout_ref
+from adaptor_peft.kernels.adaptor_t_torch import PAD_BEFORE, states_table
 
 
 def _as_readout_args(table, offsets, weights, C):
-    """readout_tokens operands -> adaptor_t_readout operands (h, offsets, weights in (B, G*S, K, L))."""
+    """readout_tokens operands -> adaptor_t_readout_torch operands (h, offsets, weights in (B, G*S, K, L))."""
     batch, length, groups, heads, points = offsets.shape
     n = C.shape[2]
     tokens = table[:, PAD_BEFORE : PAD_BEFORE + length]
@@ -21,9 +21,9 @@ def _as_readout_args(table, offsets, weights, C):
     return h, to4(offsets), to4(weights)
 
 
-def ref_tokens(table, offsets, weights, C, gamma, relative, d_state, add_to=None):
-    """The naive loop behind the module's token-layout entry point."""
-    h, off, w = _as_readout_args(table, offsets, weights, C)
+def ref_readout(h, offsets, weights, C, gamma, relative, add_to=None):
+    """The naive loop standing in for the module's read-out (dispatch.adaptor_t_readout's arguments)."""
+    _, off, w = _as_readout_args(states_table(h), offsets, weights, C)
     out = adaptor_t_readout_ref(h, off, w, C, gamma, relative)
     return out if add_to is None else add_to + out
 
@@ -62,11 +62,11 @@ def test_identity_init_returns_exact_zero_but_keeps_gradients():
 def test_static_selection_offsets_do_not_depend_on_the_input(monkeypatch):
     seen = []
 
-    def spy(table, offsets, weights, C, gamma, relative, d_state, add_to=None):
-        seen.append(_as_readout_args(table, offsets, weights, C)[1].detach().clone())
-        return ref_tokens(table, offsets, weights, C, gamma, relative, d_state, add_to)
+    def spy(h, offsets, weights, C, gamma, relative, *, add_to=None, table=None, backend=None):
+        seen.append(_as_readout_args(states_table(h), offsets, weights, C)[1].detach().clone())
+        return ref_readout(h, offsets, weights, C, gamma, relative, add_to=add_to)
 
-    monkeypatch.setattr(temporal, "readout_tokens", spy)
+    monkeypatch.setattr(temporal, "adaptor_t_readout", spy)
     static, dynamic = _module(8, 1, selection="static"), _module(8, 1)
     for module in (static, dynamic):
         for seed in (0, 1):
@@ -88,11 +88,11 @@ def test_shared_equals_per_direction_with_tied_weights():
 def test_absolute_positions_stay_inside_the_sequence(monkeypatch):
     seen = []
 
-    def spy(table, offsets, weights, C, gamma, relative, d_state, add_to=None):
-        seen.append((_as_readout_args(table, offsets, weights, C)[1], relative))
-        return ref_tokens(table, offsets, weights, C, gamma, relative, d_state, add_to)
+    def spy(h, offsets, weights, C, gamma, relative, *, add_to=None, table=None, backend=None):
+        seen.append((_as_readout_args(states_table(h), offsets, weights, C)[1], relative))
+        return ref_readout(h, offsets, weights, C, gamma, relative, add_to=add_to)
 
-    monkeypatch.setattr(temporal, "readout_tokens", spy)
+    monkeypatch.setattr(temporal, "adaptor_t_readout", spy)
     module = AdaptorT(8, 1, MambaAdaptorConfig(offset_mode="absolute", num_heads=2, num_points=2))
     module(*[t.float() for t in _states(1, 8, 1, 3, 5)], 3, 5)
     offsets, relative = seen[0]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptor_peft.kernels.adaptor_t import readout_tokens, states_table
 from adaptor_peft.kernels.adaptor_t_ref import adaptor_t_readout_ref
+from adaptor_peft.kernels.adaptor_t_torch import readout_tokens, states_table
 from adaptor_peft.kernels.adaptor_t_triton import _readout_fwd_kernel, _tiles, adaptor_t_readout_triton
 from adaptor_peft.kernels.triton_utils import is_interpreted
 

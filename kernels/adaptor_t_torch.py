@@ -37,7 +37,7 @@ def states_table(h: torch.Tensor) -> torch.Tensor:
     return h.permute(0, 3, 1, 2).contiguous().view(batch, length, channels * n)
 
 
-def adaptor_t_readout(
+def adaptor_t_readout_torch(
     h: torch.Tensor,
     offsets: torch.Tensor,
     weights: torch.Tensor,
