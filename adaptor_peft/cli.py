@@ -129,7 +129,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append("resume=true")
     if args.overwrite:
         overrides.append("overwrite=true")
-    recipe = load_recipe(args.recipe, overrides)  # recipe errors surface before torch is imported
+    recipe = load_recipe(args.recipe, overrides)  # recipe errors surface before the trainer is loaded
     _avoid_spin_waiting()
     from adaptor_peft.train.trainer import train
 

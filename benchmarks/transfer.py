@@ -224,9 +224,9 @@ def _step_time(run_dir: Path, batch: int) -> float | None:
 
 def param_counts(args: argparse.Namespace, entry: tuple) -> dict[str, Any]:
     """Base size and trainable counts (with and without the head) of a method on the benchmark model."""
+    from adaptor_peft.train.build import build_model
     from adaptor_peft.train.methods import get_method, head_param_names
     from adaptor_peft.train.recipes import load_recipe
-    from adaptor_peft.train.trainer import build_model
 
     method, options, lr = entry
     key = "method_options" if method.startswith("lora") else "adaptor"
@@ -255,7 +255,6 @@ def run_worker(args: argparse.Namespace) -> None:
     """Train one label on every (target, protocol, seed); write its results JSON (``--worker-out``)."""
     import torch
 
-    import adaptor_peft.baselines  # noqa: F401  (registers the baseline methods)
     from adaptor_peft.train.recipes import RecipeError
     from adaptor_peft.train.trainer import train
 

@@ -50,10 +50,10 @@ def export_from_checkpoint(run_dir: Path, dst: Path) -> None:
     """Rebuild the model from the run's recipe, load its newest resume checkpoint, save it as model file."""
     from safetensors.torch import load_file
 
+    from adaptor_peft.train.build import build_model
     from adaptor_peft.train.checkpointing import find_resumable
     from adaptor_peft.train.methods import get_method
     from adaptor_peft.train.recipes import load_recipe
-    from adaptor_peft.train.trainer import build_model
 
     recipe = load_recipe(run_dir / "recipe.yaml")
     folder, _ = find_resumable(run_dir)

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from toy import TINY_VMAMBA, toy_images, write_toy_npz
 
 from adaptor_peft.cli import main
-from adaptor_peft.train.toy import TINY_VMAMBA, toy_images, write_toy_npz
 
 SUBCOMMANDS = ["train", "eval", "predict", "quickstart", "info", "convert"]
 
@@ -226,8 +226,8 @@ def test_eval_and_predict_from_the_adaptor_file_alone(trained_run, tmp_path, cap
     weights (checked against the file's base fingerprint: the wrong base is a one-line error)."""
     from safetensors.torch import save_file
 
+    from adaptor_peft.train.build import build_model
     from adaptor_peft.train.recipes import load_recipe
-    from adaptor_peft.train.trainer import build_model
 
     root, _ = trained_run
     adaptor = tmp_path / "moved" / "adaptor.safetensors"  # away from its run directory
@@ -281,9 +281,9 @@ def _rewrite_user_recipe(src, dst, **changes):
     """Re-save an adaptor file with recipe keys changed (save_adaptors signs it: it stays valid)."""
     from adaptor_peft import save_adaptors
     from adaptor_peft.io import parse_adaptor_header, read_safetensors
+    from adaptor_peft.train.build import build_model
     from adaptor_peft.train.methods import get_method
     from adaptor_peft.train.recipes import load_recipe
-    from adaptor_peft.train.trainer import build_model
 
     meta = dict(parse_adaptor_header(read_safetensors(src, header_only=True)).user_metadata)
     recipe = load_recipe(dict(meta["recipe"]))

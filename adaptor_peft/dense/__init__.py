@@ -1,6 +1,7 @@
 """Dense tasks on VMamba / Mamba-Adaptor pyramids: UPerNet segmentation (smp), Mask R-CNN detection
 (torchvision), mIoU and COCO evaluation, optional MMDetection / mmsegmentation registration, the
-large-scale recipe dry runs (`recipe_dryrun`) and runner (`python -m adaptor_peft.dense.run RECIPE`).
+large-scale recipes (`recipe`, `builders`) and their runner (`python -m adaptor_peft.dense.run RECIPE`,
+with `--dry-run` a few updates of the tiny model on synthetic data).
 
 Nothing heavy is imported at package import time: segmentation-models-pytorch and pycocotools (the
 `dense` extra) are only needed when the function that uses them is called.
@@ -24,8 +25,8 @@ _EXPORTS = {
     "confusion_matrix": "metrics",
     "scores_from_confusion": "metrics",
     "register_mm_backbones": "mm_registry",
-    "load_large_recipe": "recipe_dryrun",
-    "dry_run": "recipe_dryrun",
+    "load_large_recipe": "recipe",
+    "dry_run": "run",
 }
 
 __all__ = sorted(_EXPORTS)

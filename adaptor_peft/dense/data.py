@@ -1,4 +1,5 @@
-"""Datasets for the large-scale recipes: ImageNet-style folders (timm), ADE20K, COCO instances.
+"""Datasets for the large-scale recipes: ImageNet-style folders (timm), ADE20K, COCO instances, and the
+synthetic batches of a dry run.
 
 Each returns what the recipe runner's loop eats: classification (image tensor, label); segmentation
 (normalised image, mask with `ignore_index`); detection (float image in [0, 1], torchvision target dict
@@ -14,7 +15,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["ADE20KDataset", "CocoInstances", "detection_collate"]
+from .builders import build_classification_transform, build_segmentation_transform
+
+__all__ = ["ADE20KDataset", "CocoInstances", "detection_collate", "synthetic_batch"]
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -131,3 +134,54 @@ def detection_collate(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[s
     """Lists of images and targets (detection images differ in size)."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
+
+
+def synthetic_batch(recipe: dict[str, Any], batch: int, size: int, gen: torch.Generator) -> Any:
+    """One batch of random images (and masks / boxes) through the recipe's own training transforms."""
+    from PIL import Image
+
+    task, classes = recipe["task"], recipe["data"]["num_classes"]
+
+    def pil(h: int, w: int) -> Image.Image:
+        return Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8).numpy())
+
+    if task == "classification":
+        tf = build_classification_transform(recipe, size)
+        images = torch.stack([tf(pil(size + size // 4, size + size // 2)) for _ in range(batch)])
+        return images, torch.randint(0, classes, (batch,), generator=gen)
+    if task == "segmentation":
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as TF
+
+        tf = build_segmentation_transform(recipe, size)
+        images, masks = [], []
+        for _ in range(batch):
+            mask = torch.randint(0, classes, (1, size + size // 2, 2 * size), generator=gen)
+            mask[:, :4] = recipe["data"].get("ignore_index", 255)
+            image = tv_tensors.Image(TF.pil_to_tensor(pil(size + size // 2, 2 * size)))
+            x, m = tf(image, tv_tensors.Mask(mask))
+            images.append(x)
+            masks.append(m[0].long())
+        return torch.stack(images), torch.stack(masks)
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    hflip = (recipe.get("augment") or {}).get("hflip", 0.5)
+    to_float = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
+    flip = v2.Compose([v2.RandomHorizontalFlip(hflip), to_float])
+    images, targets = [], []
+    for k in range(batch):
+        h, w = size, size + 16 * k
+        boxes = torch.tensor([[4.0, 6.0, 30.0, 34.0], [20.0, 10.0, 60.0, 50.0]])
+        masks = torch.zeros(2, h, w, dtype=torch.uint8)
+        for j, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+            masks[j, y0:y1, x0:x1] = 1
+        image = tv_tensors.Image(torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8))
+        target = dict(
+            boxes=tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+            masks=tv_tensors.Mask(masks), labels=torch.randint(1, classes, (2,), generator=gen),
+        )  # fmt: skip
+        image, target = flip(image, target)
+        images.append(image.as_subclass(torch.Tensor))
+        targets.append({k2: v.as_subclass(torch.Tensor) for k2, v in target.items()})
+    return images, targets

@@ -1,13 +1,19 @@
-"""Run a large-scale recipe (ImageNet, ADE20K UperNet, COCO Mask R-CNN) with Accelerate.
+"""Run a large-scale recipe (ImageNet, ADE20K UperNet, COCO Mask R-CNN) with Accelerate, or dry-run it.
 
     accelerate launch --config_file recipes/accelerate/multi_gpu_ddp.yaml -m adaptor_peft.dense.run \\
         recipes/ade20k_upernet.yaml [--variant b1] [--set data.train=/data/ADE data.val=/data/ADE]
+    python -m adaptor_peft.dense.run recipes/ade20k_upernet.yaml --dry-run [--steps 2]
 
 The same script runs on one CPU (`python -m adaptor_peft.dense.run ...`), one GPU or many (DDP). The
 recipe's `data.batch_size` is global and split over the processes. Outputs in `output_dir`:
 metrics.jsonl (loss / lr per log step, evaluation results), model.safetensors (+ model_ema.safetensors),
 recipe.yaml (the resolved recipe). All writes are atomic. A minimal runner: no resume, evaluation at the
 end (and every `eval.interval` updates for dense tasks) on the main process.
+
+A dry run is the same loop for a few updates on the CPU, with the tiny model of the recipe's family and
+synthetic batches at a small resolution, writing nothing: the optimizer, its LR and decay groups, the
+schedule as a function of the update (the full run's updates per epoch), augmentations, Mixup/CutMix,
+label smoothing, EMA, gradient clipping and PEFT freezing are the recipe's own, so a recipe cannot rot.
 """
 
 from __future__ import annotations
@@ -17,15 +23,18 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from .recipe_dryrun import (
-    LargeRecipeError,
+from ..train.trainer import fresh_accelerator
+from .builders import (
     build_classification_transform,
     build_ema,
     build_mixup,
@@ -34,27 +43,31 @@ from .recipe_dryrun import (
     build_scheduler,
     build_segmentation_transform,
     compute_loss,
-    load_large_recipe,
+    tiny_model_name,
+    updates_per_epoch,
 )
+from .data import synthetic_batch
+from .recipe import LargeRecipeError, load_large_recipe, override_large_recipe
 
-__all__ = ["apply_overrides", "run"]
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from timm.scheduler.scheduler import Scheduler
+    from timm.utils import ModelEmaV3
+
+__all__ = ["DryRunResult", "dry_run", "run"]
 
 
-def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`section.key=value` strings (YAML values) onto a recipe dict, then re-validated."""
-    out = json.loads(json.dumps(recipe))
-    for text in overrides:
-        if "=" not in text:
-            raise LargeRecipeError(f"override {text!r} is not of the form section.key=value")
-        key, _, raw = text.partition("=")
-        parts = key.strip().split(".")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise LargeRecipeError(f"override {text!r}: '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return load_large_recipe(out)
+@dataclass
+class DryRunResult:
+    """What a dry run did: per-step losses and learning rates, parameter counts."""
+
+    recipe: str
+    model: str
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    trainable: int = 0
+    total: int = 0
+    ema_moved: bool | None = None
 
 
 def _save_weights(module: torch.nn.Module, path: Path) -> None:
@@ -64,9 +77,9 @@ def _save_weights(module: torch.nn.Module, path: Path) -> None:
     atomic_write_bytes(path, save(tensors))
 
 
-def _loaders(r: dict[str, Any], per_process: int, img_size: int | None) -> tuple[Any, Any]:
-    from torch.utils.data import DataLoader
-
+def _loaders(
+    r: dict[str, Any], per_process: int, img_size: int | None
+) -> tuple[DataLoader, DataLoader | None]:
     d, task = r["data"], r["task"]
     workers = int(d.get("num_workers", 0))
     if task == "classification":
@@ -115,7 +128,7 @@ def _loaders(r: dict[str, Any], per_process: int, img_size: int | None) -> tuple
 
 @torch.no_grad()
 def _evaluate(
-    r: dict[str, Any], model: torch.nn.Module, val_loader: Any, device: torch.device
+    r: dict[str, Any], model: torch.nn.Module, val_loader: DataLoader, device: torch.device
 ) -> dict[str, Any]:
     task = r["task"]
     if task == "classification":
@@ -146,6 +159,39 @@ def _evaluate(
     return evaluate_coco(model, val_loader, ds.coco, label_to_category=ds.label_to_category, device=device)
 
 
+def _train_updates(
+    r: dict[str, Any],
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sched: Scheduler,
+    batches: Iterator[tuple[Any, Any]],
+    total: int,
+    ema: ModelEmaV3 | None,
+    on_update: Callable[[int, float, float], None],
+) -> None:
+    """The loop both modes share: `total` optimizer updates; `on_update(update, loss, lr)` after each."""
+    mixup = build_mixup(r) if r["task"] == "classification" else None
+    clip = (r["optimizer"] or {}).get("clip_grad")
+    model.train()
+    for step in range(total):
+        inputs, targets = next(batches)
+        with accelerator.autocast():
+            loss = compute_loss(r, model, inputs, targets, mixup)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{r['name']}: non-finite loss {loss.item()} at update {step}")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if clip:
+            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], float(clip))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        sched.step_update(num_updates=step + 1)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model), step=step)
+        on_update(step + 1, loss.item(), lr)
+
+
 def run(
     recipe: str | os.PathLike | dict[str, Any],
     variant: str | None = None,
@@ -154,11 +200,11 @@ def run(
     img_size: int | None = None,
 ) -> dict[str, Any]:
     """Train (and evaluate) a recipe; returns the last log record and the final evaluation."""
-    from accelerate import Accelerator
-
-    r = apply_overrides(load_large_recipe(recipe, variant), overrides or [])
+    r = override_large_recipe(load_large_recipe(recipe, variant), overrides or [])
     use_cuda = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=r.get("mixed_precision", "no") if use_cuda else "no")
+    accelerator = fresh_accelerator(
+        cpu=False, mixed_precision=r.get("mixed_precision", "no") if use_cuda else "no"
+    )
     world = accelerator.num_processes
     batch = r["data"]["batch_size"]
     if batch % world:
@@ -182,38 +228,24 @@ def run(
     total = int(s["iterations"]) if "iterations" in s else int(math.ceil(s["epochs"] * upe))
     if max_steps is not None:
         total = min(total, max_steps)
-    mixup = build_mixup(r) if r["task"] == "classification" else None
     ema = build_ema(accelerator.unwrap_model(model), r)
-    clip = r["optimizer"].get("clip_grad")
     interval = (r.get("eval") or {}).get("interval")
     log_path = out_dir / "metrics.jsonl"
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))
     record: dict[str, Any] = {}
-    model.train()
-    for step in range(total):
-        inputs, targets = next(batches)
-        with accelerator.autocast():
-            loss = compute_loss(r, model, inputs, targets, mixup)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{r['name']}: non-finite loss {loss.item()} at update {step}")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if clip:
-            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], float(clip))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        sched.step_update(num_updates=step + 1)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(model), step=step)
-        record = {"update": step + 1, "loss": loss.item(), "lr": lr}
+
+    def log_and_evaluate(update: int, loss: float, lr: float) -> None:
+        record.update(update=update, loss=loss, lr=lr)
         if accelerator.is_main_process:
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
-        dense_eval = r["task"] != "classification" and interval and (step + 1) % int(interval) == 0
-        if dense_eval and val_loader is not None and accelerator.is_main_process and step + 1 < total:
+        dense_eval = r["task"] != "classification" and interval and update % int(interval) == 0
+        if dense_eval and val_loader is not None and accelerator.is_main_process and update < total:
             scores = _evaluate(r, accelerator.unwrap_model(model), val_loader, accelerator.device)
             with open(log_path, "a") as fh:
-                fh.write(json.dumps({"update": step + 1, "eval": scores}) + "\n")
+                fh.write(json.dumps({"update": update, "eval": scores}) + "\n")
+
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    _train_updates(r, accelerator, model, optimizer, sched, batches, total, ema, log_and_evaluate)
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"last": record}
     if accelerator.is_main_process:
@@ -229,8 +261,46 @@ def run(
     return result
 
 
+def dry_run(
+    recipe: str | os.PathLike | dict[str, Any],
+    steps: int = 2,
+    img_size: int = 64,
+    batch_size: int = 2,
+    variant: str | None = None,
+    model_name: str | None = None,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+) -> DryRunResult:
+    """The runner's loop for a few updates on synthetic data with the tiny model of the same family."""
+    r = override_large_recipe(load_large_recipe(recipe, variant), overrides or [])
+    accelerator = fresh_accelerator(cpu=True, mixed_precision="no")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    name = model_name or tiny_model_name(r["model"]["name"])
+    model = build_model(r, name, tiny=True, img_size=img_size)
+    out = DryRunResult(r["name"], name)
+    out.total = sum(p.numel() for p in model.parameters())
+    out.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model, optimizer = accelerator.prepare(model, build_optimizer(model, r))
+    sched = build_scheduler(optimizer, r, upe=updates_per_epoch(r))
+    ema = build_ema(model, r)
+    ema_before = None if ema is None else [p.detach().clone() for p in ema.module.parameters()]
+
+    def record(update: int, loss: float, lr: float) -> None:
+        out.losses.append(loss)
+        out.lrs.append(lr)
+
+    batches = (synthetic_batch(r, batch_size, img_size, gen) for _ in itertools.count())
+    _train_updates(r, accelerator, model, optimizer, sched, batches, steps, ema, record)
+    if ema is not None:
+        out.ema_moved = any(
+            not torch.equal(a, b) for a, b in zip(ema_before, ema.module.parameters(), strict=True)
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: RECIPE [--variant V] [--set key=value ...] [--max-steps N] [--img-size S]."""
+    """Command line: RECIPE [--variant V] [--set key=value ...] [--max-steps N] [--img-size S] [--dry-run]."""
     parser = argparse.ArgumentParser(
         prog="python -m adaptor_peft.dense.run", description=__doc__.split("\n")[0]
     )
@@ -240,10 +310,24 @@ def main(argv: list[str] | None = None) -> int:
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. data.train=/data/imagenet"
     )
     parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--img-size", type=int, default=None)
+    parser.add_argument("--img-size", type=int, default=None, help="dry run: 64 unless given")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="a few updates of the tiny model on synthetic data"
+    )
+    parser.add_argument("--steps", type=int, default=2, help="dry run: optimizer updates")
+    parser.add_argument("--batch-size", type=int, default=2, help="dry run: images per update")
     args = parser.parse_args(argv)
-    result = run(args.recipe, args.variant, args.set, args.max_steps, args.img_size)
-    print(json.dumps(result))
+    if args.dry_run:
+        result = dry_run(
+            args.recipe, args.steps, args.img_size or 64, args.batch_size, args.variant, overrides=args.set
+        )
+        print(
+            f"{result.recipe}: model {result.model} "
+            f"({result.trainable:,} of {result.total:,} parameters trained)\n"
+            f"losses {[round(v, 4) for v in result.losses]}\nlrs {result.lrs}\nema moved: {result.ema_moved}"
+        )
+        return 0
+    print(json.dumps(run(args.recipe, args.variant, args.set, args.max_steps, args.img_size)))
     return 0
 
 

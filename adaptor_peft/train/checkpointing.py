@@ -22,7 +22,7 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..atomic import atomic_write_text
+
+if TYPE_CHECKING:  # accelerate is imported when a run starts
+    from accelerate import Accelerator
+    from torch.optim.lr_scheduler import LRScheduler
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
@@ -87,12 +91,12 @@ def checkpoint_name(step: int) -> str:
 
 
 def save_checkpoint(
-    accelerator: Any,
+    accelerator: Accelerator,
     run_dir: Path,
     step: int,
     trainable: dict[str, torch.Tensor],
-    optimizer: Any,
-    scheduler: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
     state: dict[str, Any],
     keep: int,
 ) -> Path:
@@ -117,14 +121,14 @@ def save_checkpoint(
 
 
 def _write_checkpoint(
-    accelerator: Any,
+    accelerator: Accelerator,
     root: Path,
     tmp: Path,
     final: Path,
     step: int,
     trainable: dict[str, torch.Tensor],
-    optimizer: Any,
-    scheduler: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
     state: dict[str, Any],
     keep: int,
 ) -> None:
@@ -229,7 +233,11 @@ def find_resumable(run_dir: Path, world_size: int | None = None) -> tuple[Path |
 
 
 def load_checkpoint_state(
-    accelerator: Any, folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any
+    accelerator: Accelerator,
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
 ) -> dict[str, Any]:
     """Restore trainable tensors, optimizer, scheduler and this process's RNG; return state.json."""
     tensors = st_load((folder / "trainable.safetensors").read_bytes())

@@ -14,12 +14,15 @@ import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+
+if TYPE_CHECKING:
+    from .recipes import Recipe
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -277,7 +280,7 @@ def to_rgb(img: Image.Image | np.ndarray) -> Image.Image:
 class Preprocess:
     """Raw image -> normalised (3, S, S) float tensor, with an optional timm training pipeline."""
 
-    def __init__(self, recipe: Any, train: bool) -> None:
+    def __init__(self, recipe: Recipe, train: bool) -> None:
         self.size, self.mode = recipe.img_size, recipe.resize
         self.mean = torch.tensor(recipe.mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(recipe.std, dtype=torch.float32).view(3, 1, 1)

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .build import build_model, is_checkpoint_model
 from .data import IMAGE_SUFFIXES, DataError, Preprocess, TransformedDataset, open_source
 from .methods import get_method
 from .metrics import ClassificationMeter
 from .recipes import Recipe, load_recipe, resolve_path
-from .trainer import RECIPE_FILE, RESULT_FILE, build_model, is_checkpoint_model
+from .trainer import RECIPE_FILE, RESULT_FILE
 
 
 @dataclass

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from .recipes import ASSETS_DIR, load_recipe
 from .trainer import TrainResult, train
@@ -31,7 +30,7 @@ def run_quickstart(
     output_dir: str | Path = "runs/quickstart",
     overrides: Sequence[str] = (),
     compare_linear_probe: bool = False,
-    echo: Any = print,
+    echo: Callable[[str], object] = print,
 ) -> dict[str, TrainResult]:
     """Fine-tune Mamba-Adaptor on the MNIST subset (base frozen) and print before/after accuracy."""
     t0 = time.time()

@@ -22,8 +22,33 @@ ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
+#: Names the ``method`` key accepts: the built-in methods (a test checks this equals the registry in
+#: ``adaptor_peft.train.methods``); ``register_method`` adds the names of methods registered later.
+METHOD_NAMES: list[str] = [
+    "adaptor",
+    "adaptor_s",
+    "adaptor_static",
+    "adaptor_t",
+    "adaptor_ts",
+    "a_tuning",
+    "bias_tuning",
+    "conv_tuning",
+    "d_tuning",
+    "full",
+    "linear_probe",
+    "lora",
+    "lora_x",
+]
+
+
 class RecipeError(ValueError):
     """A recipe file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+def allow_method_name(name: str) -> None:
+    """Let recipes name a newly registered training method."""
+    if name not in METHOD_NAMES:
+        METHOD_NAMES.append(name)
 
 
 @dataclass
@@ -36,7 +61,7 @@ class Recipe:
     num_classes: int | None = None  # None: inferred from the training data
     model_kwargs: dict = field(default_factory=dict)  # extra constructor overrides (drop_path_rate, ...)
     reset_head: bool = False  # re-initialise the classifier head even when the checkpoint's fits (transfer)
-    method: str = "adaptor"  # see adaptor_peft.train.methods.METHODS
+    method: str = "adaptor"  # one of METHOD_NAMES, see adaptor_peft.train.methods
     adaptor: dict = field(default_factory=dict)  # MambaAdaptorConfig fields for method=adaptor
     method_options: dict = field(default_factory=dict)  # baseline options, e.g. LoRA {r, alpha, targets}
     # --- data --------------------------------------------------------------------------------
@@ -92,13 +117,12 @@ class Recipe:
 
     def validate(self) -> Recipe:
         """Check value ranges and choices; return self."""
-        from .methods import METHODS
 
         def bad(key: str, why: str) -> RecipeError:
             return RecipeError(f"recipe key '{key}' = {getattr(self, key)!r}: {why}")
 
         choices = {
-            "method": sorted(METHODS),
+            "method": sorted(METHOD_NAMES),
             "resize": ["pad", "resize"],
             "augment": ["none", "timm"],
             "bad_images": ["error", "skip"],
@@ -151,9 +175,14 @@ def valid_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Recipe)]
 
 
-def _unknown_key_error(key: str, valid: list[str], where: str) -> RecipeError:
+def did_you_mean(key: str, valid: list[str], prefix: str = "") -> str:
+    """ "; did you mean 'closest'?" for an unknown key (with ``prefix`` before the name), or ""."""
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> RecipeError:
+    hint = did_you_mean(key, valid)
     return RecipeError(f"unknown recipe key '{key}' ({where}){hint} valid keys: {', '.join(valid)}")
 
 
@@ -206,9 +235,18 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str] | dict[str, Any], where: str) -> dict:
-    """Apply ``key=value`` strings (dotted keys reach into mapping fields) to a recipe dict."""
-    valid = valid_keys()
+def apply_overrides(
+    values: dict[str, Any],
+    overrides: list[str] | dict[str, Any],
+    where: str = "command line",
+    known_keys: list[str] | None = None,
+) -> dict:
+    """Apply ``key=value`` strings (dotted keys reach into mappings) to a recipe dict (not changed in place).
+
+    ``known_keys`` are the valid top-level keys (default: the Recipe's); a recipe that validates its
+    own sections afterwards (the dense tasks' recipes) passes its section names.
+    """
+    valid = valid_keys() if known_keys is None else list(known_keys)
     items: list[tuple[str, Any]]
     if isinstance(overrides, dict):
         items = list(overrides.items())
@@ -259,6 +297,18 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"recipe file not found: {name}")
 
 
+def read_recipe_file(source: str | os.PathLike, error: type[RecipeError] = RecipeError) -> tuple[dict, str]:
+    """(the YAML mapping, the path as text) of a recipe file found by ``resolve_recipe_path``."""
+    path = resolve_recipe_path(source)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    return data, str(path)
+
+
 def load_recipe(
     source: str | os.PathLike | dict | None = None, overrides: list[str] | dict | None = None
 ) -> Recipe:
@@ -269,19 +319,12 @@ def load_recipe(
     elif isinstance(source, dict):
         data, where = dict(source), "dict"
     else:
-        path = resolve_recipe_path(source)
-        where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+        data, where = read_recipe_file(source)
     valid = valid_keys()
     for key in data:
         if key not in valid:
             raise _unknown_key_error(str(key), valid, where)
-    data = apply_overrides(data, overrides or [], "command line")
+    data = apply_overrides(data, overrides or [])
     kwargs = {key: _coerce(key, value, where) for key, value in data.items()}
     return Recipe(**kwargs).validate()
 

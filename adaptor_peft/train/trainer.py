@@ -14,15 +14,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
+from ..adaptors import TrainableReport, trainable_report
 from ..atomic import atomic_write_text
-from ..booster import booster_param_groups
+from .booster import booster_param_groups
+from .build import TrainData, build_data, build_model
 from .checkpointing import (
     CKPT_DIR,
     find_resumable,
@@ -30,21 +33,14 @@ from .checkpointing import (
     save_checkpoint,
     sweep_temp_files,
 )
-from .data import (
-    DataError,
-    EpochSampler,
-    ImageSource,
-    Preprocess,
-    SubsetSource,
-    TransformedDataset,
-    open_source,
-    split_holdout,
-    stratified_subset,
-)
-from .methods import get_method, head_param_names
+from .data import DataError
+from .methods import Method, get_method, head_param_names
 from .metrics import ClassificationMeter
-from .recipes import Recipe, RecipeError, load_recipe, resolve_path
+from .recipes import Recipe, RecipeError, load_recipe
 from .tracking import JsonlLog, plot_curves
+
+if TYPE_CHECKING:  # accelerate is imported when a run starts, not with this module
+    from accelerate import Accelerator
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -85,62 +81,6 @@ class TrainResult:
 
 
 # --- building blocks ------------------------------------------------------------------------------
-
-
-def is_checkpoint_model(name: Any) -> bool:
-    """True when a recipe's `model` names a self-describing checkpoint file (config in its metadata)."""
-    return isinstance(name, str) and (name.startswith("asset:") or name.endswith(".safetensors"))
-
-
-def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    """Create the base model (VMamba name/config or any timm model) with the recipe's checkpoint."""
-    checkpoint = resolve_path(recipe.checkpoint)
-    if checkpoint is not None and not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {checkpoint} (recipe key 'checkpoint')")
-    try:
-        from adaptor_peft.models import create_model
-    except ImportError:  # the model package not importable: plain timm (no checkpoint support)
-        create_model = None
-    kwargs = dict(recipe.model_kwargs)
-    name = recipe.model
-    if is_checkpoint_model(name):
-        name = str(resolve_path(name))
-    if create_model is not None and (not isinstance(name, str) or not _is_foreign_timm_name(name)):
-        model = create_model(name, checkpoint=checkpoint, num_classes=num_classes, **kwargs)
-    else:
-        import timm
-
-        if checkpoint is not None:
-            raise RecipeError(f"model '{name}' is a plain timm model: 'checkpoint' is not supported for it")
-        model = timm.create_model(name, num_classes=num_classes, **kwargs)
-    if recipe.reset_head:
-        model.reset_classifier(num_classes)
-    return model
-
-
-def _is_foreign_timm_name(name: str) -> bool:
-    """A timm model name that is not one of ours (trainer tests and baselines may use any timm model)."""
-    import timm
-
-    from adaptor_peft.models import list_models
-
-    return name not in list_models() and timm.is_model(name)
-
-
-def build_sources(recipe: Recipe) -> tuple[ImageSource, ImageSource | None]:
-    """Training and evaluation sources (train_limit subset, val_fraction hold-out)."""
-    if recipe.train_data is None:
-        raise RecipeError("recipe key 'train_data' is not set (a .npz, ImageFolder dir or datasets dir)")
-    train = open_source(resolve_path(recipe.train_data), recipe.train_split, recipe.bad_images)
-    evals = None
-    if recipe.eval_data is not None:
-        evals = open_source(resolve_path(recipe.eval_data), recipe.eval_split or "test", recipe.bad_images)
-    elif recipe.val_fraction > 0:
-        keep, hold = split_holdout(train.labels, recipe.val_fraction, recipe.seed)
-        train, evals = SubsetSource(train, keep), SubsetSource(train, hold)
-    if recipe.train_limit is not None and recipe.train_limit < len(train):
-        train = SubsetSource(train, stratified_subset(train.labels, recipe.train_limit, recipe.seed))
-    return train, evals
 
 
 def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
@@ -199,18 +139,15 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):  # noq
     return factor
 
 
-def _trainable_report(model: nn.Module) -> Any:
-    try:
-        from adaptor_peft.adaptors import trainable_report
-    except ImportError:
-        return None
+def _trainable_report(model: nn.Module) -> TrainableReport | None:
     try:
         return trainable_report(model)
     except Exception:  # models without a recognisable head: counts are still in TrainResult
         return None
 
 
-def _fresh_accelerator(recipe: Recipe) -> Any:
+def fresh_accelerator(cpu: bool, mixed_precision: str, gradient_accumulation_steps: int = 1) -> Accelerator:
+    """An Accelerator with these settings, even when an earlier run in this process chose others."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -219,9 +156,7 @@ def _fresh_accelerator(recipe: Recipe) -> Any:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(
-        cpu=recipe.cpu,
-        mixed_precision=recipe.mixed_precision,
-        gradient_accumulation_steps=recipe.grad_accum,
+        cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps
     )
 
 
@@ -260,7 +195,9 @@ def _model_info_meta(recipe: Recipe, classes: list[str]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Any, num_classes: int) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, num_classes: int
+) -> dict[str, Any]:
     """Top-1/top-5/per-class accuracy, loss and confusion matrix over a prepared loader (all processes)."""
     was_training = model.training
     model.eval()
@@ -301,24 +238,297 @@ class _Window:
         return {"loss": self.loss, "correct": self.correct, "count": self.count}
 
 
-# --- the loop -------------------------------------------------------------------------------------
+# --- the run's parts --------------------------------------------------------------------------------
 
 
-def train(
-    recipe: Recipe | str | os.PathLike | dict | None = None, overrides: list[str] | dict | None = None
-) -> TrainResult:
-    """Run one training job described by a recipe (path, dict or Recipe) plus ``key=value`` overrides."""
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
-    elif overrides:
-        recipe = load_recipe(recipe.to_dict(), overrides)
+def build_optimizer(
+    model: nn.Module, recipe: Recipe, total_steps: int
+) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """AdamW over the recipe's parameter groups, with linear warm-up and a cosine decay."""
+    optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=recipe.lr, betas=tuple(recipe.betas))
+    warmup = recipe.warmup_steps or int(round(recipe.warmup_fraction * total_steps))
+    scheduler = LambdaLR(optimizer, warmup_cosine(total_steps, warmup, recipe.min_lr_ratio))
+    return optimizer, scheduler
+
+
+@dataclass
+class TrainingRun:
+    """One run's state: what the named steps of :func:`train` (resume, loop, evaluate, save) share."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    run_dir: Path
+    data: TrainData
+    method: Method
+    model: nn.Module  # prepared by accelerate (maybe DDP/FSDP-wrapped); ``unwrapped`` is the module itself
+    unwrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    report: TrainableReport | None
+    n_trainable: int
+    n_total: int
+    t_start: float
+    metrics_log: JsonlLog
+    eval_log: JsonlLog
+    step: int = 0
+    window: _Window = field(default_factory=_Window)
+    initial_eval: dict[str, Any] | None = None
+    time_offset: float = 0.0  # training seconds before a resume
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files."""
+        return self.accelerator.is_main_process
+
+    def resume(self) -> None:
+        """Continue from the newest complete checkpoint (if any), dropping log rows written after it."""
+        folder, warnings = find_resumable(self.run_dir, self.accelerator.num_processes)
+        for w in warnings:
+            self.accelerator.print(f"warning: {w}")
+        if folder is None:
+            return
+        saved = load_checkpoint_state(
+            self.accelerator, folder, self.unwrapped, self.optimizer, self.scheduler
+        )
+        self.step, self.window = int(saved["step"]), _Window(saved.get("window"))
+        self.initial_eval = saved.get("initial_eval")
+        self.time_offset = float(saved.get("elapsed_s", 0.0))
+        if self.main:
+            self.metrics_log.truncate_after(self.step)
+            # a run resumed at its last step re-runs the final evaluation: drop the old row
+            total_steps = self.data.total_steps
+            self.eval_log.truncate_after(self.step - 1 if self.step >= total_steps else self.step)
+        self.accelerator.print(f"resumed from {folder} at step {self.step}/{self.data.total_steps}")
+
+    def start_logs(self) -> None:
+        """Save the resolved recipe; a run starting at step 0 starts its logs afresh."""
+        if self.main:
+            self.recipe.save(self.run_dir / RECIPE_FILE)
+            if self.step == 0:
+                for log in (self.metrics_log, self.eval_log):
+                    if log.path.exists():
+                        log.path.unlink()
+        self.accelerator.wait_for_everyone()
+
+    def run_eval(self, at_step: int) -> dict[str, Any] | None:
+        """Evaluate on the eval data (None without any) and append the row to the eval log."""
+        if self.data.eval_dl is None:
+            return None
+        result = evaluate(self.model, self.data.eval_dl, self.accelerator, self.data.num_classes)
+        if self.main:
+            self.eval_log.append(
+                {
+                    "step": at_step,
+                    "top1": result["top1"],
+                    "top5": result["top5"],
+                    "loss": result["loss"],
+                    "per_class": result["per_class"],
+                }
+            )
+        return result
+
+    def checkpoint(self, at_step: int) -> None:
+        """Save trainable tensors, buffers, optimizer, schedule, RNG and the loop's counters."""
+        tensors = {
+            n: p.detach().to("cpu", copy=True).contiguous()
+            for n, p in self.unwrapped.named_parameters()
+            if p.requires_grad
+        }
+        tensors.update(
+            {
+                n: b.detach().to("cpu", copy=True).contiguous()
+                for n, b in self.unwrapped.named_buffers()
+                if n in self.unwrapped.state_dict()
+            }
+        )
+        state = {
+            "window": self.window.state(),
+            "initial_eval": self.initial_eval,
+            "epoch": at_step // self.data.steps_per_epoch,
+            "elapsed_s": time.time() - self.t_start + self.time_offset,
+        }
+        save_checkpoint(
+            self.accelerator,
+            self.run_dir,
+            at_step,
+            tensors,
+            self.optimizer,
+            self.scheduler,
+            state,
+            self.recipe.keep_checkpoints,
+        )
+
+    def _non_finite(self, what: str, value: float) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"non-finite {what} ({value}) at optimizer step {self.step + 1}; "
+            f"the last complete checkpoint in {self.run_dir / CKPT_DIR} is kept"
+        )
+
+    def train_batch(
+        self, images: torch.Tensor, labels: torch.Tensor, trainable_params: list[nn.Parameter], clip: float
+    ) -> torch.Tensor | None:
+        """Forward, backward and (at the end of an accumulation) the optimizer step; the grad norm if any."""
+        accelerator, recipe = self.accelerator, self.recipe
+        with accelerator.accumulate(self.model):
+            with accelerator.autocast():
+                logits = self.model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+            bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device)
+            if accelerator.num_processes > 1:
+                bad = accelerator.reduce(bad, "sum")
+            if bad.item() > 0:
+                raise self._non_finite("training loss", loss.item())
+            accelerator.backward(loss)
+            grad_norm = None
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(trainable_params, clip)
+                # NaN/Inf gradients with a finite loss: stop before the step poisons the weights
+                # (under fp16 the grad scaler skips such steps itself)
+                if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
+                    raise self._non_finite("gradient norm", float(grad_norm))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        correct = float((logits.detach().argmax(1) == labels).sum())
+        self.window.add(float(loss.detach()) * labels.numel(), correct, labels.numel())
+        return grad_norm
+
+    def log_window(self, grad_norm: torch.Tensor | None, window_seconds: float) -> dict[str, Any]:
+        """Reduce the window's sums over processes into one metrics row (written by the main process)."""
+        accelerator = self.accelerator
+        sums = torch.tensor(
+            [self.window.loss, self.window.correct, float(self.window.count)],
+            dtype=torch.float64,
+            device=accelerator.device,
+        )
+        sums = accelerator.reduce(sums, "sum") if accelerator.num_processes > 1 else sums
+        row = {
+            "step": self.step,
+            "epoch": round(self.step / self.data.steps_per_epoch, 4),
+            "loss": float(sums[0] / sums[2]),
+            "acc": float(100.0 * sums[1] / sums[2]),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "samples": int(sums[2]),
+            "samples_per_s": round(float(sums[2]) / max(window_seconds, 1e-9), 2),
+            "time_s": round(time.time() - self.t_start + self.time_offset, 3),
+        }
+        if self.main:
+            self.metrics_log.append(row)
+        return row
+
+    def train_steps(self) -> dict[str, Any] | None:
+        """The step loop up to ``total_steps``; returns the last periodic evaluation (None if none ran)."""
+        from tqdm.auto import tqdm
+
+        recipe, data = self.recipe, self.data
+        total_steps = data.total_steps
+        step_file = os.environ.get(STEP_FILE_ENV) if self.main else None  # test hook, see STEP_FILE_ENV
+        stop_at_steps = os.environ.get(STEP_STOP_ENV) == "1"
+        bar = tqdm(
+            total=total_steps,
+            initial=self.step,
+            disable=not (self.main and recipe.progress),
+            desc="train",
+            dynamic_ncols=True,
+        )
+        trainable_params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = recipe.clip_grad if recipe.clip_grad is not None else float("inf")
+        last_eval: dict[str, Any] | None = None
+        t_window = time.time()
+        self.model.train()
+        while self.step < total_steps:
+            epoch, start = divmod(self.step, data.steps_per_epoch)
+            # The epoch is the trainer's state: accelerate's loader calls set_epoch(its own iteration
+            # counter, 0 after a restart) on the sampler and dataset when iterated, so set that counter first.
+            data.train_dl.set_epoch(epoch)
+            data.sampler.set_position(epoch, start)
+            data.train_ds.set_epoch(epoch)
+            for images, labels in data.train_dl:
+                grad_norm = self.train_batch(images, labels, trainable_params, clip)
+                if not self.accelerator.sync_gradients:
+                    continue
+                self.scheduler.step()
+                self.step += 1
+                bar.update(1)
+                step = self.step
+                if step % recipe.log_every == 0 or step == total_steps:
+                    row = self.log_window(grad_norm, time.time() - t_window)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                    self.window, t_window = _Window(), time.time()
+                if recipe.eval_every and step % recipe.eval_every == 0 and step != total_steps:
+                    last_eval = self.run_eval(step)
+                if recipe.save_every and step % recipe.save_every == 0 and step != total_steps:
+                    self.checkpoint(step)
+                if step_file:
+                    _announce_step(step_file, step, stop_at_steps)
+                if step >= total_steps:
+                    break
+        bar.close()
+        return last_eval
+
+    def finish(self, last_eval: dict[str, Any] | None) -> TrainResult:
+        """Final evaluation and checkpoint, the method's artefact, curves, and result.json (written last)."""
+        recipe, accelerator, step = self.recipe, self.accelerator, self.step
+        final_eval = self.run_eval(step) if self.data.eval_dl is not None else last_eval
+        self.checkpoint(step)
+        artefact = self.run_dir / self.method.artefact
+        meta = _model_info_meta(recipe, self.data.classes)
+        plot_path = None
+        if self.main:
+            meta["steps"] = step
+            if final_eval is not None:
+                meta["final_top1"] = final_eval["top1"]
+            self.method.save(self.unwrapped, artefact, meta)
+            if final_eval is not None:
+                atomic_write_text(self.run_dir / "final_eval.json", json.dumps(final_eval, indent=1))
+            if recipe.plot:
+                plot_path = plot_curves(
+                    self.metrics_log.rows(),
+                    self.eval_log.rows(),
+                    self.run_dir / PLOT_FILE,
+                    title=recipe.name or "",
+                )
+        accelerator.wait_for_everyone()
+        wall = time.time() - self.t_start
+        result = TrainResult(
+            run_dir=self.run_dir,
+            steps=step,
+            final_eval=final_eval,
+            initial_eval=self.initial_eval,
+            artefact=artefact,
+            plot=plot_path if plot_path is not None else (self.run_dir / PLOT_FILE if recipe.plot else None),
+            trainable_params=self.n_trainable,
+            total_params=self.n_total,
+            wall_time_s=wall,
+            extras={"trainable_report": self.report},
+        )
+        if self.main:
+            summary = {
+                "steps": step,
+                "top1": final_eval["top1"] if final_eval else None,
+                "top5": final_eval["top5"] if final_eval else None,
+                "initial_top1": self.initial_eval["top1"] if self.initial_eval else None,
+                "trainable_params": self.n_trainable,
+                "total_params": self.n_total,
+                "artefact": artefact.name,
+                "artefact_bytes": artefact.stat().st_size,
+                "wall_time_s": round(wall, 2),
+                "num_processes": accelerator.num_processes,
+                "method": recipe.method,
+                "num_classes": self.data.num_classes,
+                "classes": meta["classes"],
+            }
+            atomic_write_text(self.run_dir / RESULT_FILE, json.dumps(summary, indent=1))
+        accelerator.wait_for_everyone()
+        return result
+
+
+def start_run(recipe: Recipe) -> TrainingRun:
+    """Accelerator, run directory, seed, data, model with its method applied, optimizer; prepared."""
     t_start = time.time()
-    accelerator = _fresh_accelerator(recipe)
-    main = accelerator.is_main_process
-    step_file = os.environ.get(STEP_FILE_ENV) if main else None  # test hook, see STEP_FILE_ENV
-    stop_at_steps = os.environ.get(STEP_STOP_ENV) == "1"
+    accelerator = fresh_accelerator(recipe.cpu, recipe.mixed_precision, recipe.grad_accum)
     run_dir = Path(recipe.output_dir)
-    if main:
+    if accelerator.is_main_process:
         prepare_run_dir(run_dir, recipe)
         run_dir.mkdir(parents=True, exist_ok=True)
         sweep_temp_files(run_dir)  # leftovers of a killed save (no save is in flight now)
@@ -330,255 +540,58 @@ def train(
     if accelerator.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    # Data
-    train_src, eval_src = build_sources(recipe)
-    num_classes = recipe.num_classes or len(train_src.classes)
-    train_src.check_labels(num_classes)
-    if eval_src is not None:
-        eval_src.check_labels(num_classes)
-    train_ds = TransformedDataset(train_src, Preprocess(recipe, train=True), seed=recipe.seed)
-    samples_per_step = recipe.batch_size * recipe.grad_accum * accelerator.num_processes
-    sampler = EpochSampler(len(train_ds), samples_per_step, recipe.seed)
-    train_dl = DataLoader(
-        train_ds, batch_size=recipe.batch_size, sampler=sampler, num_workers=recipe.num_workers
-    )
-    eval_dl = None
-    if eval_src is not None:
-        eval_ds = TransformedDataset(eval_src, Preprocess(recipe, train=False))
-        eval_dl = DataLoader(
-            eval_ds,
-            batch_size=recipe.eval_batch_size or recipe.batch_size,
-            shuffle=False,
-            num_workers=recipe.num_workers,
-        )
-    steps_per_epoch = sampler.steps_per_epoch
-    total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * steps_per_epoch))
-
-    # Model, method, optimizer, schedule
+    data = build_data(recipe, accelerator.num_processes)
     method = get_method(recipe.method)
-    model = method.prepare(build_model(recipe, num_classes), recipe)
+    model = method.prepare(build_model(recipe, data.num_classes), recipe)
     report = _trainable_report(model)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     if n_trainable == 0:
         raise RecipeError(f"method '{recipe.method}' left no trainable parameters")
-    optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=recipe.lr, betas=tuple(recipe.betas))
-    warmup = recipe.warmup_steps or int(round(recipe.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, warmup, recipe.min_lr_ratio)
-    )
+    optimizer, scheduler = build_optimizer(model, recipe, data.total_steps)
     # The scheduler is stepped by hand once per optimizer step: accelerate's prepared scheduler would
     # step num_processes times per step, which changes the schedule with the process count.
-    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
-    if eval_dl is not None:
-        eval_dl = accelerator.prepare(eval_dl)
-    unwrapped = accelerator.unwrap_model(model)
-
-    metrics_log, eval_log = JsonlLog(run_dir / METRICS_FILE), JsonlLog(run_dir / EVAL_FILE)
-    step, window, initial_eval, time_offset = 0, _Window(), None, 0.0
-    if recipe.resume:
-        folder, warnings = find_resumable(run_dir, accelerator.num_processes)
-        for w in warnings:
-            accelerator.print(f"warning: {w}")
-        if folder is not None:
-            saved = load_checkpoint_state(accelerator, folder, unwrapped, optimizer, scheduler)
-            step, window = int(saved["step"]), _Window(saved.get("window"))
-            initial_eval = saved.get("initial_eval")
-            time_offset = float(saved.get("elapsed_s", 0.0))
-            if main:
-                metrics_log.truncate_after(step)
-                # a run resumed at its last step re-runs the final evaluation: drop the old row
-                eval_log.truncate_after(step - 1 if step >= total_steps else step)
-            accelerator.print(f"resumed from {folder} at step {step}/{total_steps}")
-    if main:
-        recipe.save(run_dir / RECIPE_FILE)
-        if step == 0:
-            for log in (metrics_log, eval_log):
-                if log.path.exists():
-                    log.path.unlink()
-    accelerator.wait_for_everyone()
-
-    meta = _model_info_meta(
-        recipe, train_src.classes[:num_classes] + [str(i) for i in range(len(train_src.classes), num_classes)]
-    )
-
-    def run_eval(at_step: int) -> dict[str, Any] | None:
-        if eval_dl is None:
-            return None
-        result = evaluate(model, eval_dl, accelerator, num_classes)
-        if main:
-            eval_log.append(
-                {
-                    "step": at_step,
-                    "top1": result["top1"],
-                    "top5": result["top5"],
-                    "loss": result["loss"],
-                    "per_class": result["per_class"],
-                }
-            )
-        return result
-
-    if step == 0 and recipe.eval_at_start:
-        initial_eval = run_eval(0)
-
-    def checkpoint(at_step: int) -> None:
-        tensors = {
-            n: p.detach().to("cpu", copy=True).contiguous()
-            for n, p in unwrapped.named_parameters()
-            if p.requires_grad
-        }
-        tensors.update(
-            {
-                n: b.detach().to("cpu", copy=True).contiguous()
-                for n, b in unwrapped.named_buffers()
-                if n in unwrapped.state_dict()
-            }
-        )
-        state = {
-            "window": window.state(),
-            "initial_eval": initial_eval,
-            "epoch": at_step // steps_per_epoch,
-            "elapsed_s": time.time() - t_start + time_offset,
-        }
-        save_checkpoint(
-            accelerator, run_dir, at_step, tensors, optimizer, scheduler, state, recipe.keep_checkpoints
-        )
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=not (main and recipe.progress),
-        desc="train",
-        dynamic_ncols=True,
-    )
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    clip = recipe.clip_grad if recipe.clip_grad is not None else float("inf")
-    last_eval: dict[str, Any] | None = None
-    t_window = time.time()
-    model.train()
-    while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
-        # The epoch is the trainer's state: accelerate's loader calls set_epoch(its own iteration
-        # counter, 0 after a restart) on the sampler and dataset when iterated, so set that counter first.
-        train_dl.set_epoch(epoch)
-        sampler.set_position(epoch, start)
-        train_ds.set_epoch(epoch)
-        for images, labels in train_dl:
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
-                bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device)
-                if accelerator.num_processes > 1:
-                    bad = accelerator.reduce(bad, "sum")
-                if bad.item() > 0:
-                    raise NonFiniteLossError(
-                        f"non-finite training loss ({loss.item()}) at optimizer step {step + 1}; "
-                        f"the last complete checkpoint in {run_dir / CKPT_DIR} is kept"
-                    )
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(trainable_params, clip)
-                    # NaN/Inf gradients with a finite loss: stop before the step poisons the weights
-                    # (under fp16 the grad scaler skips such steps itself)
-                    if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
-                        raise NonFiniteLossError(
-                            f"non-finite gradient norm ({float(grad_norm)}) at optimizer step {step + 1}; "
-                            f"the last complete checkpoint in {run_dir / CKPT_DIR} is kept"
-                        )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            correct = float((logits.detach().argmax(1) == labels).sum())
-            window.add(float(loss.detach()) * labels.numel(), correct, labels.numel())
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % recipe.log_every == 0 or step == total_steps:
-                sums = torch.tensor(
-                    [window.loss, window.correct, float(window.count)],
-                    dtype=torch.float64,
-                    device=accelerator.device,
-                )
-                sums = accelerator.reduce(sums, "sum") if accelerator.num_processes > 1 else sums
-                elapsed = time.time() - t_window
-                row = {
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 4),
-                    "loss": float(sums[0] / sums[2]),
-                    "acc": float(100.0 * sums[1] / sums[2]),
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "samples": int(sums[2]),
-                    "samples_per_s": round(float(sums[2]) / max(elapsed, 1e-9), 2),
-                    "time_s": round(time.time() - t_start + time_offset, 3),
-                }
-                if main:
-                    metrics_log.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                window, t_window = _Window(), time.time()
-            if recipe.eval_every and step % recipe.eval_every == 0 and step != total_steps:
-                last_eval = run_eval(step)
-            if recipe.save_every and step % recipe.save_every == 0 and step != total_steps:
-                checkpoint(step)
-            if step_file:
-                _announce_step(step_file, step, stop_at_steps)
-            if step >= total_steps:
-                break
-    bar.close()
-
-    final_eval = run_eval(step) if eval_dl is not None else last_eval
-    checkpoint(step)
-    artefact = run_dir / method.artefact
-    plot_path = None
-    if main:
-        meta["steps"] = step
-        if final_eval is not None:
-            meta["final_top1"] = final_eval["top1"]
-        method.save(unwrapped, artefact, meta)
-        if final_eval is not None:
-            atomic_write_text(run_dir / "final_eval.json", json.dumps(final_eval, indent=1))
-        if recipe.plot:
-            plot_path = plot_curves(
-                metrics_log.rows(), eval_log.rows(), run_dir / PLOT_FILE, title=recipe.name or ""
-            )
-    accelerator.wait_for_everyone()
-    wall = time.time() - t_start
-    result = TrainResult(
+    model, optimizer, data.train_dl = accelerator.prepare(model, optimizer, data.train_dl)
+    if data.eval_dl is not None:
+        data.eval_dl = accelerator.prepare(data.eval_dl)
+    return TrainingRun(
+        recipe=recipe,
+        accelerator=accelerator,
         run_dir=run_dir,
-        steps=step,
-        final_eval=final_eval,
-        initial_eval=initial_eval,
-        artefact=artefact,
-        plot=plot_path if plot_path is not None else (run_dir / PLOT_FILE if recipe.plot else None),
-        trainable_params=n_trainable,
-        total_params=n_total,
-        wall_time_s=wall,
-        extras={"trainable_report": report},
+        data=data,
+        method=method,
+        model=model,
+        unwrapped=accelerator.unwrap_model(model),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        report=report,
+        n_trainable=n_trainable,
+        n_total=n_total,
+        t_start=t_start,
+        metrics_log=JsonlLog(run_dir / METRICS_FILE),
+        eval_log=JsonlLog(run_dir / EVAL_FILE),
     )
-    if main:
-        summary = {
-            "steps": step,
-            "top1": final_eval["top1"] if final_eval else None,
-            "top5": final_eval["top5"] if final_eval else None,
-            "initial_top1": initial_eval["top1"] if initial_eval else None,
-            "trainable_params": n_trainable,
-            "total_params": n_total,
-            "artefact": artefact.name,
-            "artefact_bytes": artefact.stat().st_size,
-            "wall_time_s": round(wall, 2),
-            "num_processes": accelerator.num_processes,
-            "method": recipe.method,
-            "num_classes": num_classes,
-            "classes": meta["classes"],
-        }
-        atomic_write_text(run_dir / RESULT_FILE, json.dumps(summary, indent=1))
-    accelerator.wait_for_everyone()
-    return result
+
+
+# --- the entry point --------------------------------------------------------------------------------
+
+
+def train(
+    recipe: Recipe | str | os.PathLike | dict | None = None, overrides: list[str] | dict | None = None
+) -> TrainResult:
+    """Run one training job described by a recipe (path, dict or Recipe) plus ``key=value`` overrides."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        recipe = load_recipe(recipe.to_dict(), overrides)
+    run = start_run(recipe)
+    if recipe.resume:
+        run.resume()
+    run.start_logs()
+    if run.step == 0 and recipe.eval_at_start:
+        run.initial_eval = run.run_eval(0)
+    last_eval = run.train_steps()
+    return run.finish(last_eval)
 
 
 def final_tensors(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -13,10 +13,10 @@ import math
 
 import pytest
 import torch
+from toy import TINY_VMAMBA
 
 from adaptor_peft.adaptors import MambaAdaptorConfig, inject_adaptors, trainable_report
 from adaptor_peft.models import create_model
-from adaptor_peft.train.toy import TINY_VMAMBA
 
 
 def base_counts(dims, depths, d_state, ssm_ratio, mlp_ratio, num_classes, in_chans=3):

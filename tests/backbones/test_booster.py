@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from adaptor_peft.adaptors import MambaAdaptorConfig, inject_adaptors
-from adaptor_peft.booster import booster_param_groups, is_adaptor_param, no_decay_param_names
 from adaptor_peft.models import mamba_adaptor  # noqa: F401  (registers the family)
+from adaptor_peft.train.booster import booster_param_groups, is_adaptor_param, no_decay_param_names
 
 
 def _booster_model() -> torch.nn.Module:

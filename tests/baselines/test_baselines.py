@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import adaptor_peft.baselines as B
+import adaptor_peft.train.methods.baselines as B
 from adaptor_peft.adaptors import MambaAdaptorConfig, inject_adaptors
 from adaptor_peft.models import create_model
 from adaptor_peft.models.vmamba import Linear2d

@@ -10,16 +10,15 @@ from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
 
 import adaptor_peft  # noqa: F401
-from adaptor_peft.dense.recipe_dryrun import (
-    RECIPES_DIR,
-    LargeRecipeError,
+from adaptor_peft.dense.builders import (
     build_classification_transform,
     build_mixup,
-    dry_run,
-    load_large_recipe,
     schedule_lr,
     updates_per_epoch,
 )
+from adaptor_peft.dense.recipe import LargeRecipeError, load_large_recipe
+from adaptor_peft.dense.run import dry_run
+from adaptor_peft.train.recipes import RECIPES_DIR
 
 pytest.importorskip("segmentation_models_pytorch")
 

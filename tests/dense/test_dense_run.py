@@ -16,8 +16,9 @@ import adaptor_peft  # noqa: F401
 
 pytest.importorskip("segmentation_models_pytorch")
 pytest.importorskip("pycocotools")
-from adaptor_peft.dense.recipe_dryrun import RECIPES_DIR, build_model  # noqa: E402
+from adaptor_peft.dense.builders import build_model  # noqa: E402
 from adaptor_peft.dense.run import run  # noqa: E402
+from adaptor_peft.train.recipes import RECIPES_DIR  # noqa: E402
 
 
 def _image(path, h, w, seed):

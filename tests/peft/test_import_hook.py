@@ -97,3 +97,19 @@ def test_an_unusable_tuner_warns_instead_of_breaking_peft():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "could not register its Mamba-Adaptor tuner" in proc.stdout and "no_such_module" in proc.stdout
+
+
+def test_training_path_imports_peft_only_for_lora():
+    """The trainer and its method registry leave peft alone until a LoRA layer is built."""
+    _run(
+        textwrap.dedent("""
+        import sys
+        import adaptor_peft.train.trainer
+        from adaptor_peft.train.methods import METHODS
+        assert "lora" in METHODS and "peft" not in sys.modules
+        from adaptor_peft.train.methods.baselines import lora_linear2d_class
+        lora_linear2d_class()
+        assert "peft" in sys.modules
+        """)
+        + REGISTERED
+    )

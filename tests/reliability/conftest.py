@@ -8,8 +8,7 @@ import torch
 pytest.register_assert_rewrite("reliability_helpers")  # detailed diffs from the shared assertions
 
 from reliability_helpers import assert_clean_run_dir, make_recipe  # noqa: E402
-
-from adaptor_peft.train.toy import write_toy_npz  # noqa: E402
+from toy import write_toy_npz  # noqa: E402
 
 
 @pytest.fixture(scope="session")

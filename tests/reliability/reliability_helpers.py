@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import torch
+from toy import TINY_VMAMBA
 
 from adaptor_peft.train.checkpointing import CKPT_DIR, verify_checkpoint
 from adaptor_peft.train.recipes import Recipe, load_recipe
-from adaptor_peft.train.toy import TINY_VMAMBA
 
 TIME_KEYS = {"samples_per_s", "time_s"}
 #: What a run directory may hold (besides checkpoints/step_* folders); anything else is a leftover.

@@ -12,12 +12,12 @@ import pytest
 import safetensors.torch
 import torch
 from reliability_helpers import assert_clean_run_dir, assert_same_run, make_recipe
+from toy import TINY_VMAMBA
 
 from adaptor_peft import MambaAdaptorConfig, inject_adaptors, load_adaptors, save_adaptors
 from adaptor_peft.models import convert_checkpoint, create_model, load_checkpoint
 from adaptor_peft.train import trainer as trainer_mod
 from adaptor_peft.train.checkpointing import find_resumable, verify_checkpoint
-from adaptor_peft.train.toy import TINY_VMAMBA
 from adaptor_peft.train.trainer import train
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

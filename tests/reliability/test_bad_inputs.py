@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 from reliability_helpers import assert_clean_run_dir, make_recipe, recipe_dict
+from toy import TINY_VMAMBA, toy_images
 
 from adaptor_peft.cli import main as cli_main
 from adaptor_peft.io import AdaptorFileCorruptError, AdaptorFileUnreadableError, load_adaptors
@@ -20,7 +21,6 @@ from adaptor_peft.models import create_model, load_checkpoint
 from adaptor_peft.models.checkpoint import CheckpointError
 from adaptor_peft.train.data import DataError, open_source
 from adaptor_peft.train.recipes import RecipeError, load_recipe
-from adaptor_peft.train.toy import TINY_VMAMBA, toy_images
 from adaptor_peft.train.trainer import train
 
 # --- unreadable / truncated images in an ImageFolder ----------------------------------------------

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from toy import TINY_VMAMBA
 
 from adaptor_peft.models import create_model
 from adaptor_peft.models.validation import (
@@ -16,7 +17,6 @@ from adaptor_peft.models.validation import (
     check_images,
     input_multiple,
 )
-from adaptor_peft.train.toy import TINY_VMAMBA
 
 
 @pytest.fixture(scope="module")

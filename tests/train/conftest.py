@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from adaptor_peft.train.toy import TINY_VMAMBA, write_toy_npz
+from toy import TINY_VMAMBA, write_toy_npz
 
 HEAD = {"classifier.head.weight", "classifier.head.bias"}  # the tiny VMamba's classifier head
 

@@ -19,10 +19,10 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from toy import TINY_VMAMBA
 
 from adaptor_peft.cli import main
 from adaptor_peft.train.inference import load_trained, predict_files
-from adaptor_peft.train.toy import TINY_VMAMBA
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
 SIZE = 16

@@ -52,6 +52,13 @@ def test_override_types_are_coerced():
     assert r.model_kwargs == {"drop_path_rate": 0.1}
 
 
+def test_recipes_accept_exactly_the_registered_methods():
+    from adaptor_peft.train.methods import METHODS
+    from adaptor_peft.train.recipes import METHOD_NAMES
+
+    assert sorted(METHOD_NAMES) == sorted(METHODS)
+
+
 def test_bad_values_name_the_key():
     with pytest.raises(RecipeError, match=r"recipe key 'batch_size' .* must be int, got 'abc'"):
         load_recipe(None, ["batch_size=abc"])
@@ -85,7 +92,5 @@ def test_shipped_recipes_load(name):
     assert set(r.to_dict()) == set(valid_keys())
 
 
-def test_quickstart_recipe_copy_matches_package_asset():
-    assert (REPO / "recipes/quickstart.yaml").read_text() == (
-        REPO / "adaptor_peft/assets/quickstart.yaml"
-    ).read_text()
+def test_quickstart_recipe_is_the_package_asset():
+    assert (REPO / "recipes/quickstart.yaml").resolve() == (REPO / "adaptor_peft/assets/quickstart.yaml")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from toy import TINY_VMAMBA
 
 from adaptor_peft.train import trainer as trainer_mod
 from adaptor_peft.train.recipes import load_recipe
-from adaptor_peft.train.toy import TINY_VMAMBA
 from adaptor_peft.train.trainer import NonFiniteLossError, RunDirError, final_tensors, train
 
 TIME_KEYS = {"samples_per_s", "time_s"}

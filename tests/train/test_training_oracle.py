@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from toy import TINY_VMAMBA
 
 from adaptor_peft.train.recipes import load_recipe
-from adaptor_peft.train.toy import TINY_VMAMBA
 from adaptor_peft.train.trainer import final_tensors, train
 
 

@@ -1,4 +1,4 @@
-"""A tiny VMamba config and a synthetic, learnable image dataset: smoke tests and examples in seconds."""
+"""A tiny VMamba config and a synthetic, learnable image dataset for the tests (examples run in seconds)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Baseline training methods for the transfer benchmark, registered into the trainer's method registry.
+"""Baseline training methods for the transfer benchmark (``BASELINE_METHODS``, registered by the package).
 
 Every method here keeps the classifier head trainable (transfer to a new label set needs it) and saves
 only what it trained:
 
 - ``lora``: LoRA via peft on the SS2D 1x1 projections (``op.in_proj``, ``op.out_proj`` by default). The v2
-  models' channel-first ``Linear2d`` layers get :class:`LoraLinear2d` through peft's custom-module
+  models' channel-first ``Linear2d`` layers get :func:`lora_linear2d_class` through peft's custom-module
   dispatch (peft's own Linear would act on the last axis, which is W there: silently wrong).
 - ``lora_x``: MambaPEFT's LoRAp(X), LoRA on the x-half of a gated ``in_proj`` only. Not applicable to
   models without a z gate (all v2 releases are ``v05_noz``): a RecipeError says so.
@@ -22,6 +22,7 @@ Options of the LoRA methods (``r``, ``alpha``, ``dropout``, ``targets``) come fr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -32,27 +33,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptor_peft.train.methods import (
+from ...models.vmamba import SS2D, Linear2d
+from ..recipes import Recipe, RecipeError
+from .adaptor import load_adaptor, prepare_adaptor, save_adaptor
+from .base import (
     Method,
-    _load_adaptor,
-    _prepare_adaptor,
-    _save_adaptor,
     head_param_names,
     load_tensors_strict,
-    register_method,
     save_tensors,
+    set_trainable,
     trainable_state,
 )
-from adaptor_peft.train.recipes import Recipe, RecipeError
 
 __all__ = [
     "ADAPTOR_VARIANTS",
+    "BASELINE_METHODS",
     "LORA_DEFAULTS",
     "PARTIAL_SELECTORS",
-    "LoraLinear2d",
     "LoraXProj",
     "apply_lora",
     "apply_lora_x",
+    "lora_linear2d_class",
     "lora_options",
     "method_param_names",
     "partial_param_names",
@@ -109,60 +110,60 @@ def lora_options(recipe: Recipe) -> dict[str, Any]:
 
 
 def _ss2d_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from adaptor_peft.models.vmamba import SS2D
-
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SS2D)]
-
-
-def _set_trainable(model: nn.Module, names: Iterable[str]) -> nn.Module:
-    """requires_grad on exactly ``names`` plus the head; everything else frozen."""
-    wanted = set(names) | head_param_names(model)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in wanted)
-    return model
 
 
 # --- LoRA on channel-first Linear2d (peft custom module) ----------------------------------------
 
 
-def _peft_lora_linear() -> type:
+@functools.cache
+def lora_linear2d_class() -> type[nn.Module]:
+    """peft's LoRA layer class for ``Linear2d``, built on first use so that only LoRA runs import peft."""
     from peft.tuners.lora.layer import Linear
 
-    return Linear
+    class LoraLinear2d(Linear):  # type: ignore[misc]
+        """peft LoRA layer for ``Linear2d`` (a 1x1 conv on channel-first (B, C, H, W) input).
 
+        The low-rank path runs on the channel axis (moved last and back); merge/unmerge reuse peft's Linear
+        code, which is right here because Linear2d stores its weight as (out, in) like nn.Linear.
+        """
 
-class LoraLinear2d(_peft_lora_linear()):  # type: ignore[misc]
-    """peft LoRA layer for ``Linear2d`` (a 1x1 conv on channel-first (B, C, H, W) input).
+        def __init__(
+            self, base_layer: nn.Module, adapter_name: str, config: Any = None, **kwargs: Any
+        ) -> None:
+            if kwargs.get("use_dora") or getattr(config, "use_dora", False):
+                raise ValueError("LoraLinear2d: DoRA is not supported on channel-first Linear2d layers")
+            super().__init__(base_layer, adapter_name, config=config, **kwargs)
 
-    The low-rank path runs on the channel axis (moved last and back); merge/unmerge reuse peft's Linear
-    code, which is right here because Linear2d stores its weight as (out, in) like nn.Linear.
-    """
-
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any = None, **kwargs: Any) -> None:
-        if kwargs.get("use_dora") or getattr(config, "use_dora", False):
-            raise ValueError("LoraLinear2d: DoRA is not supported on channel-first Linear2d layers")
-        super().__init__(base_layer, adapter_name, config=config, **kwargs)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Base 1x1 conv plus the scaled low-rank update computed over channels."""
-        if self.disable_adapters:
+        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            """Base 1x1 conv plus the scaled low-rank update computed over channels."""
+            if self.disable_adapters:
+                if self.merged:
+                    self.unmerge()
+                return self.base_layer(x, *args, **kwargs)
+            result = self.base_layer(x, *args, **kwargs)
             if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        out_dtype = result.dtype
-        for name in self.active_adapters:
-            if name not in self.lora_A:
-                continue
-            lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-            h = self.lora_dropout[name](x.to(lora_a.weight.dtype)).movedim(1, -1)
-            result = result + (lora_b(lora_a(h)) * self.scaling[name]).movedim(-1, 1)
-        return result.to(out_dtype)
+                return result
+            out_dtype = result.dtype
+            for name in self.active_adapters:
+                if name not in self.lora_A:
+                    continue
+                lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+                h = self.lora_dropout[name](x.to(lora_a.weight.dtype)).movedim(1, -1)
+                result = result + (lora_b(lora_a(h)) * self.scaling[name]).movedim(-1, 1)
+            return result.to(out_dtype)
 
-    def __repr__(self) -> str:
-        return "lora2d." + super().__repr__()
+        def __repr__(self) -> str:
+            return "lora2d." + super().__repr__()
+
+    return LoraLinear2d
+
+
+def __getattr__(name: str) -> Any:
+    """``LoraLinear2d`` imports peft on first access (the other methods never need it)."""
+    if name == "LoraLinear2d":
+        return lora_linear2d_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _target_regex(targets: list[str]) -> str:
@@ -176,18 +177,16 @@ def apply_lora(
     """Inject peft LoRA (Linear2d-aware) into modules named ``*targets``; freeze all but LoRA and head."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    from adaptor_peft.models.vmamba import Linear2d
-
     targets = list(targets) or list(LORA_DEFAULTS["targets"])
     pattern = _target_regex(targets)
     hits = [n for n, _ in model.named_modules() if n and re.fullmatch(pattern, n)]
     if not hits:
         raise RecipeError(f"LoRA targets {targets} match no module of {type(model).__name__}")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none")
-    config._register_custom_module({Linear2d: LoraLinear2d})
+    config._register_custom_module({Linear2d: lora_linear2d_class()})
     inject_adapter_in_model(config, model)
     model.lora_targets = hits
-    return _set_trainable(model, [n for n, _ in model.named_parameters() if ".lora_" in n])
+    return set_trainable(model, [n for n, _ in model.named_parameters() if ".lora_" in n])
 
 
 # --- LoRAp(X): LoRA on the x-half of a gated in_proj --------------------------------------------
@@ -237,7 +236,7 @@ def apply_lora_x(model: nn.Module, r: int, alpha: float) -> nn.Module:
         )
     for _, op in gated:
         op.in_proj = LoraXProj(op.in_proj, op.d_inner, r, alpha, op.channel_first)
-    return _set_trainable(model, [n for n, _ in model.named_parameters() if ".in_proj.lora_" in n])
+    return set_trainable(model, [n for n, _ in model.named_parameters() if ".in_proj.lora_" in n])
 
 
 # --- partial tuning ------------------------------------------------------------------------------
@@ -334,7 +333,7 @@ def _prepare_partial(method: str) -> Callable[[nn.Module, Recipe], nn.Module]:
         extra = recipe.method_options
         if extra:
             raise RecipeError(f"method '{method}' takes no options, got {sorted(extra)}")
-        return _set_trainable(model, partial_param_names(model, method))
+        return set_trainable(model, partial_param_names(model, method))
 
     return prepare
 
@@ -350,27 +349,20 @@ ADAPTOR_VARIANTS: dict[str, dict[str, Any]] = {
 
 def _prepare_variant(overrides: dict[str, Any]) -> Callable[[nn.Module, Recipe], nn.Module]:
     def prepare(model: nn.Module, recipe: Recipe) -> nn.Module:
-        return _prepare_adaptor(model, dataclasses.replace(recipe, adaptor={**recipe.adaptor, **overrides}))
+        return prepare_adaptor(model, dataclasses.replace(recipe, adaptor={**recipe.adaptor, **overrides}))
 
     return prepare
 
 
-def register_baselines() -> None:
-    """Register every baseline method (idempotent; runs on import)."""
-    register_method(
-        Method("lora", _prepare_lora, _save_with("lora", _lora_meta), _load_with("lora"), "lora.safetensors")
-    )
-    register_method(
-        Method("lora_x", _prepare_lora_x, _save_with("lora_x"), _load_with("lora_x"), "lora_x.safetensors")
-    )
-    for name in PARTIAL_SELECTORS:
-        register_method(
-            Method(name, _prepare_partial(name), _save_with(name), _load_with(name), f"{name}.safetensors")
-        )
-    for name, overrides in ADAPTOR_VARIANTS.items():
-        register_method(
-            Method(name, _prepare_variant(overrides), _save_adaptor, _load_adaptor, "adaptor.safetensors")
-        )
-
-
-register_baselines()
+BASELINE_METHODS: tuple[Method, ...] = (
+    Method("lora", _prepare_lora, _save_with("lora", _lora_meta), _load_with("lora"), "lora.safetensors"),
+    Method("lora_x", _prepare_lora_x, _save_with("lora_x"), _load_with("lora_x"), "lora_x.safetensors"),
+    *(
+        Method(name, _prepare_partial(name), _save_with(name), _load_with(name), f"{name}.safetensors")
+        for name in PARTIAL_SELECTORS
+    ),
+    *(
+        Method(name, _prepare_variant(overrides), save_adaptor, load_adaptor, "adaptor.safetensors")
+        for name, overrides in ADAPTOR_VARIANTS.items()
+    ),
+)
