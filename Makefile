@@ -7,7 +7,7 @@ LOCK := requirements-lock.txt
 LOCKED := $(VENV)/.locked
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart test test-fast test-latest lock lint format bench
+.PHONY: setup quickstart test test-fast test-latest lock lint format bench mutate
 
 # Every dependency comes from the lock (exact versions, sha256 hashes); a changed lock rebuilds the
 # venv from scratch so that nothing unlocked stays behind. The locked pip first (it has no
@@ -65,3 +65,8 @@ lint: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Outside CI: plant targeted bugs one at a time in a temporary copy and report which ones the tests
+# miss (scripts/mutate.py; decisions on survivors in tests/MUTATION_SURVIVORS.md). Takes ~10 min.
+mutate: setup
+	$(BIN)/python scripts/mutate.py --out benchmarks/results/mutation.md
