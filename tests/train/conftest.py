@@ -85,7 +85,7 @@ def capture_trained_model():
 
 
 def expected_trainable(method: str, model: torch.nn.Module) -> set[str]:
-    """Which parameters a method must train, from what it is meant to do (not from methods.py)."""
+    """Which parameters a method must train, from what it is meant to do (not from the methods package)."""
     names = {n for n, _ in model.named_parameters()}
     if method == "full":
         return names
