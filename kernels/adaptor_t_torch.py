@@ -57,6 +57,9 @@ def adaptor_t_readout_torch(
     return readout_tokens(states_table(h) if table is None else table, pos, wts, C, gamma, relative, n)
 
 
+# Opaque to torch.compile, like the scan: in-place accumulation into the caller's buffer and an
+# embedding_bag gather that is already one fused pass.
+@torch.compiler.disable
 def readout_tokens(
     table: torch.Tensor,
     offsets: torch.Tensor,

@@ -418,6 +418,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         return du, dddelta, dA, dB, dC, dD, dbias, None, None, None, None
 
 
+# Opaque to torch.compile: the hand-written forward/backward write through `out=` views that inductor
+# cannot lower, and compiling an already fused scan gains nothing; the model around it still compiles.
+@torch.compiler.disable
 def selective_scan_torch(
     u: torch.Tensor,
     delta: torch.Tensor,
