@@ -23,7 +23,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..train.trainer import fresh_accelerator
+from ..train.trainer import fresh_accelerator, train_updates
 from .builders import (
     build_classification_transform,
     build_ema,
@@ -51,6 +51,7 @@ from .recipe import LargeRecipeError, load_large_recipe, override_large_recipe
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from timm.data import Mixup
     from timm.scheduler.scheduler import Scheduler
     from timm.utils import ModelEmaV3
 
@@ -159,37 +160,55 @@ def _evaluate(
     return evaluate_coco(model, val_loader, ds.coco, label_to_category=ds.label_to_category, device=device)
 
 
+@dataclass
+class DenseTask:
+    """A large recipe's task for the trainer's update loop: the whole loss (Mixup included) under autocast."""
+
+    recipe: dict[str, Any]
+    mixup: Mixup | None = None
+
+    def forward(self, model: torch.nn.Module, batch: tuple[Any, Any]) -> torch.Tensor:
+        """The task's training loss (soft-target/smoothed CE, CE with ignore_index, or Mask R-CNN's sum)."""
+        return compute_loss(self.recipe, model, batch[0], batch[1], self.mixup)
+
+    def loss(self, outputs: torch.Tensor, batch: tuple[Any, Any]) -> torch.Tensor:
+        """The forward pass already returned the loss."""
+        return outputs
+
+
 def _train_updates(
     r: dict[str, Any],
     accelerator: Accelerator,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     sched: Scheduler,
-    batches: Iterator[tuple[Any, Any]],
+    batches: Iterable[tuple[Any, Any]],
     total: int,
     ema: ModelEmaV3 | None,
     on_update: Callable[[int, float, float], None],
 ) -> None:
-    """The loop both modes share: `total` optimizer updates; `on_update(update, loss, lr)` after each."""
+    """The trainer's update loop with the recipe's task, timm schedule (per update), EMA and clipping."""
     mixup = build_mixup(r) if r["task"] == "classification" else None
     clip = (r["optimizer"] or {}).get("clip_grad")
-    model.train()
-    for step in range(total):
-        inputs, targets = next(batches)
-        with accelerator.autocast():
-            loss = compute_loss(r, model, inputs, targets, mixup)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{r['name']}: non-finite loss {loss.item()} at update {step}")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if clip:
-            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], float(clip))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        sched.step_update(num_updates=step + 1)
+
+    def after_update(update: int, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+        lr = optimizer.param_groups[0]["lr"]  # the rate this update used: the schedule moves on below
+        sched.step_update(num_updates=update)
         if ema is not None:
-            ema.update(accelerator.unwrap_model(model), step=step)
-        on_update(step + 1, loss.item(), lr)
+            ema.update(accelerator.unwrap_model(model), step=update - 1)
+        on_update(update, loss.item(), lr)
+
+    train_updates(
+        accelerator,
+        model,
+        optimizer,
+        DenseTask(r, mixup),
+        batches,
+        total,
+        clip=float(clip) if clip else None,
+        on_update=after_update,
+        error_note=f" ({r['name']})",
+    )
 
 
 def run(

@@ -12,9 +12,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -238,6 +239,97 @@ class _Window:
         return {"loss": self.loss, "correct": self.correct, "count": self.count}
 
 
+# --- the update loop every task shares -----------------------------------------------------------
+
+
+class Task(Protocol):
+    """What differs between training tasks inside the update loop: the forward pass and the loss."""
+
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        """The model's outputs for one batch (run under the accelerator's autocast)."""
+
+    def loss(self, outputs: Any, batch: Any) -> torch.Tensor:
+        """The scalar training loss from the outputs (run outside autocast)."""
+
+
+def train_updates(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    batches: Iterable[Any],
+    total: int,
+    start: int = 0,
+    clip: float | None = None,
+    on_batch: Callable[[torch.Tensor, Any, Any], None] | None = None,
+    on_update: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
+    error_note: str = "",
+) -> int:
+    """Optimizer updates from ``start`` to ``total`` over ``batches``; returns the last update's number.
+
+    Each batch: forward (autocast), loss, a non-finite check (all processes), backward, gradient
+    clipping when ``clip`` is given, and at the end of an accumulation the optimizer step.
+    ``on_batch(loss, outputs, batch)`` follows every batch, ``on_update(update, loss, grad_norm)``
+    every optimizer update (schedules, EMA, logs, evaluation and checkpoints live there).
+    """
+    step = start
+    model.train()
+    if step >= total:
+        return step
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def non_finite(what: str, value: float) -> NonFiniteLossError:
+        return NonFiniteLossError(f"non-finite {what} ({value}) at optimizer step {step + 1}{error_note}")
+
+    for batch in batches:
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                outputs = task.forward(model, batch)
+            loss = task.loss(outputs, batch)
+            bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device)
+            if accelerator.num_processes > 1:
+                bad = accelerator.reduce(bad, "sum")
+            if bad.item() > 0:
+                raise non_finite("training loss", loss.item())
+            accelerator.backward(loss)
+            grad_norm = None
+            if accelerator.sync_gradients and clip is not None:
+                grad_norm = accelerator.clip_grad_norm_(trainable, clip)
+                # NaN/Inf gradients with a finite loss: stop before the step poisons the weights
+                # (under fp16 the grad scaler skips such steps itself)
+                if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
+                    raise non_finite("gradient norm", float(grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if on_batch is not None:
+            on_batch(loss, outputs, batch)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        if on_update is not None:
+            on_update(step, loss, grad_norm)
+        if step >= total:
+            break
+    return step
+
+
+@dataclass
+class ClassificationTask:
+    """Image classification: logits from the model, cross-entropy with the recipe's label smoothing."""
+
+    recipe: Recipe
+
+    def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """Logits of the batch's images."""
+        return model(batch[0])
+
+    def loss(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Cross-entropy in float32."""
+        logits, labels = outputs, batch[1]
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.label_smoothing)
+        return loss
+
+
 # --- the run's parts --------------------------------------------------------------------------------
 
 
@@ -358,39 +450,11 @@ class TrainingRun:
             self.recipe.keep_checkpoints,
         )
 
-    def _non_finite(self, what: str, value: float) -> NonFiniteLossError:
-        return NonFiniteLossError(
-            f"non-finite {what} ({value}) at optimizer step {self.step + 1}; "
-            f"the last complete checkpoint in {self.run_dir / CKPT_DIR} is kept"
-        )
-
-    def train_batch(
-        self, images: torch.Tensor, labels: torch.Tensor, trainable_params: list[nn.Parameter], clip: float
-    ) -> torch.Tensor | None:
-        """Forward, backward and (at the end of an accumulation) the optimizer step; the grad norm if any."""
-        accelerator, recipe = self.accelerator, self.recipe
-        with accelerator.accumulate(self.model):
-            with accelerator.autocast():
-                logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
-            bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device)
-            if accelerator.num_processes > 1:
-                bad = accelerator.reduce(bad, "sum")
-            if bad.item() > 0:
-                raise self._non_finite("training loss", loss.item())
-            accelerator.backward(loss)
-            grad_norm = None
-            if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(trainable_params, clip)
-                # NaN/Inf gradients with a finite loss: stop before the step poisons the weights
-                # (under fp16 the grad scaler skips such steps itself)
-                if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
-                    raise self._non_finite("gradient norm", float(grad_norm))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+    def count_batch(self, loss: torch.Tensor, logits: torch.Tensor, batch: Any) -> None:
+        """Add one batch's loss and correct predictions to the logging window."""
+        labels = batch[1]
         correct = float((logits.detach().argmax(1) == labels).sum())
         self.window.add(float(loss.detach()) * labels.numel(), correct, labels.numel())
-        return grad_norm
 
     def log_window(self, grad_norm: torch.Tensor | None, window_seconds: float) -> dict[str, Any]:
         """Reduce the window's sums over processes into one metrics row (written by the main process)."""
@@ -416,6 +480,18 @@ class TrainingRun:
             self.metrics_log.append(row)
         return row
 
+    def epochs(self) -> Iterable[Any]:
+        """Training batches from the current step on, epoch after epoch (positioned for a resume)."""
+        data = self.data
+        while True:
+            epoch, start = divmod(self.step, data.steps_per_epoch)
+            # The epoch is the trainer's state: accelerate's loader calls set_epoch(its own iteration
+            # counter, 0 after a restart) on the sampler and dataset when iterated, so set that counter first.
+            data.train_dl.set_epoch(epoch)
+            data.sampler.set_position(epoch, start)
+            data.train_ds.set_epoch(epoch)
+            yield from data.train_dl
+
     def train_steps(self) -> dict[str, Any] | None:
         """The step loop up to ``total_steps``; returns the last periodic evaluation (None if none ran)."""
         from tqdm.auto import tqdm
@@ -431,38 +507,39 @@ class TrainingRun:
             desc="train",
             dynamic_ncols=True,
         )
-        trainable_params = [p for p in self.model.parameters() if p.requires_grad]
         clip = recipe.clip_grad if recipe.clip_grad is not None else float("inf")
         last_eval: dict[str, Any] | None = None
         t_window = time.time()
-        self.model.train()
-        while self.step < total_steps:
-            epoch, start = divmod(self.step, data.steps_per_epoch)
-            # The epoch is the trainer's state: accelerate's loader calls set_epoch(its own iteration
-            # counter, 0 after a restart) on the sampler and dataset when iterated, so set that counter first.
-            data.train_dl.set_epoch(epoch)
-            data.sampler.set_position(epoch, start)
-            data.train_ds.set_epoch(epoch)
-            for images, labels in data.train_dl:
-                grad_norm = self.train_batch(images, labels, trainable_params, clip)
-                if not self.accelerator.sync_gradients:
-                    continue
-                self.scheduler.step()
-                self.step += 1
-                bar.update(1)
-                step = self.step
-                if step % recipe.log_every == 0 or step == total_steps:
-                    row = self.log_window(grad_norm, time.time() - t_window)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                    self.window, t_window = _Window(), time.time()
-                if recipe.eval_every and step % recipe.eval_every == 0 and step != total_steps:
-                    last_eval = self.run_eval(step)
-                if recipe.save_every and step % recipe.save_every == 0 and step != total_steps:
-                    self.checkpoint(step)
-                if step_file:
-                    _announce_step(step_file, step, stop_at_steps)
-                if step >= total_steps:
-                    break
+
+        def after_update(step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+            nonlocal last_eval, t_window
+            self.scheduler.step()
+            self.step = step
+            bar.update(1)
+            if step % recipe.log_every == 0 or step == total_steps:
+                row = self.log_window(grad_norm, time.time() - t_window)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                self.window, t_window = _Window(), time.time()
+            if recipe.eval_every and step % recipe.eval_every == 0 and step != total_steps:
+                last_eval = self.run_eval(step)
+            if recipe.save_every and step % recipe.save_every == 0 and step != total_steps:
+                self.checkpoint(step)
+            if step_file:
+                _announce_step(step_file, step, stop_at_steps)
+
+        train_updates(
+            self.accelerator,
+            self.model,
+            self.optimizer,
+            ClassificationTask(recipe),
+            self.epochs(),
+            total_steps,
+            start=self.step,
+            clip=clip,
+            on_batch=self.count_batch,
+            on_update=after_update,
+            error_note=f"; the last complete checkpoint in {self.run_dir / CKPT_DIR} is kept",
+        )
         bar.close()
         return last_eval
 
