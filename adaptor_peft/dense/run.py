@@ -47,7 +47,7 @@ from .builders import (
     updates_per_epoch,
 )
 from .data import synthetic_batch
-from .recipe import LargeRecipeError, load_large_recipe, override_large_recipe
+from .recipe import LargeRecipeError, load_large_recipe
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -219,7 +219,7 @@ def run(
     img_size: int | None = None,
 ) -> dict[str, Any]:
     """Train (and evaluate) a recipe; returns the last log record and the final evaluation."""
-    r = override_large_recipe(load_large_recipe(recipe, variant), overrides or [])
+    r = load_large_recipe(recipe, variant, overrides)
     use_cuda = torch.cuda.is_available()
     accelerator = fresh_accelerator(
         cpu=False, mixed_precision=r.get("mixed_precision", "no") if use_cuda else "no"
@@ -291,7 +291,7 @@ def dry_run(
     overrides: list[str] | None = None,
 ) -> DryRunResult:
     """The runner's loop for a few updates on synthetic data with the tiny model of the same family."""
-    r = override_large_recipe(load_large_recipe(recipe, variant), overrides or [])
+    r = load_large_recipe(recipe, variant, overrides)
     accelerator = fresh_accelerator(cpu=True, mixed_precision="no")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

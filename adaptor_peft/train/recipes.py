@@ -1,12 +1,19 @@
-"""Training recipes: a validated dataclass loaded from YAML and overridden with ``key=value`` strings."""
+"""Training recipes, loaded from YAML and overridden with ``key=value`` strings, validated strictly.
+
+Two shapes share the reading, the overrides and the key checks: the classification trainer's flat
+:class:`Recipe` (:func:`load_recipe`), and recipes made of sections (``model:``, ``data:``, ...; the dense
+tasks' large recipes) checked against a :class:`SectionSchema` (:func:`load_sectioned_recipe`).
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,6 +334,83 @@ def load_recipe(
     data = apply_overrides(data, overrides or [])
     kwargs = {key: _coerce(key, value, where) for key, value in data.items()}
     return Recipe(**kwargs).validate()
+
+
+@dataclass(frozen=True)
+class SectionSchema:
+    """The shape of a recipe made of sections: the keys each section allows (None: a plain value)."""
+
+    sections: dict[str, frozenset[str] | None]
+    required: tuple[str, ...] = ()
+    error: type[RecipeError] = RecipeError
+    #: value checks run after the keys, the variant and the overrides: (recipe, where) -> None or raise
+    check: Callable[[dict[str, Any], str], None] | None = None
+
+
+def _check_sections(recipe: dict[str, Any], schema: SectionSchema, where: str) -> None:
+    for key, value in recipe.items():
+        if key not in schema.sections:
+            raise schema.error(f"{where}: unknown section '{key}'{did_you_mean(key, list(schema.sections))}")
+        allowed = schema.sections[key]
+        if allowed is not None and value is not None:
+            if not isinstance(value, dict):
+                raise schema.error(f"{where}: section '{key}' must be a mapping, got {type(value).__name__}")
+            for sub in value:
+                if sub not in allowed:
+                    raise schema.error(
+                        f"{where}: unknown key '{key}.{sub}'{did_you_mean(sub, sorted(allowed))}"
+                    )
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base`` by section (a model's ``kwargs`` are replaced whole)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_sectioned(
+    source: str | os.PathLike | dict[str, Any], schema: SectionSchema, variant: str | None
+) -> dict[str, Any]:
+    if isinstance(source, dict):
+        recipe, where = copy.deepcopy(source), "recipe dict"
+    else:
+        recipe, where = read_recipe_file(source, schema.error)
+    _check_sections(recipe, schema, where)
+    variants = recipe.pop("variants", None) or {}
+    for name, over in variants.items():
+        _check_sections(over, schema, f"{where} (variant '{name}')")
+    if variant is not None:
+        if variant not in variants:
+            raise schema.error(f"{where}: unknown variant '{variant}'; the recipe has {sorted(variants)}")
+        recipe = _merge(recipe, variants[variant])
+        recipe["name"] = f"{recipe['name']}_{variant}"
+    for key in schema.required:
+        if key not in recipe:
+            raise schema.error(f"{where}: missing section '{key}'")
+    if schema.check is not None:
+        schema.check(recipe, where)
+    return recipe
+
+
+def load_sectioned_recipe(
+    source: str | os.PathLike | dict[str, Any],
+    schema: SectionSchema,
+    variant: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A recipe of sections (path, bare name in recipes/, or dict), its ``variants:`` entry merged,
+    ``section.key=value`` overrides applied; checked against ``schema`` before and after the overrides."""
+    recipe = _read_sectioned(source, schema, variant)
+    if overrides:
+        recipe = _read_sectioned(
+            apply_overrides(recipe, overrides, known_keys=list(schema.sections)), schema, None
+        )
+    return recipe
 
 
 def resolve_path(path: str | os.PathLike | None) -> Path | None:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from adaptor_peft.train.recipes import Recipe, RecipeError, load_recipe, valid_keys
+from adaptor_peft.train.recipes import (
+    Recipe,
+    RecipeError,
+    SectionSchema,
+    load_recipe,
+    load_sectioned_recipe,
+    valid_keys,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,3 +101,42 @@ def test_shipped_recipes_load(name):
 
 def test_quickstart_recipe_is_the_package_asset():
     assert (REPO / "recipes/quickstart.yaml").resolve() == (REPO / "adaptor_peft/assets/quickstart.yaml")
+
+
+def test_sectioned_recipes_check_keys_merge_variants_and_revalidate_overrides(tmp_path):
+    def positive_batch(recipe, where):
+        if recipe["data"]["batch"] < 1:
+            raise RecipeError(f"{where}: data.batch must be >= 1")
+
+    schema = SectionSchema(
+        {
+            "name": None,
+            "variants": None,
+            "data": frozenset({"batch", "root"}),
+            "model": frozenset({"kwargs"}),
+        },
+        required=("name", "data"),
+        check=positive_batch,
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: r\ndata: {batch: 8, root: /d}\nmodel: {kwargs: {a: 1, b: 2}}\n"
+        "variants:\n  big: {data: {batch: 64}, model: {kwargs: {a: 3}}}\n"
+    )
+    big = load_sectioned_recipe(path, schema, "big")
+    # a variant merges section by section, but a model's kwargs are replaced whole
+    assert big == {"name": "r_big", "data": {"batch": 64, "root": "/d"}, "model": {"kwargs": {"a": 3}}}
+    assert load_sectioned_recipe(path, schema, overrides=["data.root=/e"])["data"] == {
+        "batch": 8,
+        "root": "/e",
+    }
+    with pytest.raises(RecipeError, match=r"unknown key 'data.bach'; did you mean 'batch'\?"):
+        load_sectioned_recipe(path, schema, overrides=["data.bach=2"])
+    with pytest.raises(RecipeError, match=r"unknown recipe key 'dta' \(command line\); did you mean 'data'"):
+        load_sectioned_recipe(path, schema, overrides=["dta.batch=2"])
+    with pytest.raises(RecipeError, match=r"recipe dict: data.batch must be >= 1"):
+        load_sectioned_recipe(path, schema, overrides=["data.batch=0"])
+    with pytest.raises(RecipeError, match=r"unknown variant 'huge'; the recipe has \['big'\]"):
+        load_sectioned_recipe(path, schema, "huge")
+    with pytest.raises(RecipeError, match=r"missing section 'name'"):
+        load_sectioned_recipe({"data": {"batch": 1}}, schema)
