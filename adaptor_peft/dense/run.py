@@ -10,10 +10,16 @@ metrics.jsonl (loss / lr per log step, evaluation results), model.safetensors (+
 recipe.yaml (the resolved recipe). All writes are atomic. A minimal runner: no resume, evaluation at the
 end (and every `eval.interval` updates for dense tasks) on the main process.
 
-A dry run is the same loop for a few updates on the CPU, with the tiny model of the recipe's family and
-synthetic batches at a small resolution, writing nothing: the optimizer, its LR and decay groups, the
-schedule as a function of the update (the full run's updates per epoch), augmentations, Mixup/CutMix,
-label smoothing, EMA, gradient clipping and PEFT freezing are the recipe's own, so a recipe cannot rot.
+The updates run on the trainer's loop (`adaptor_peft.train.trainer.train_updates`, what classification
+training runs on) with this recipe's task (`DenseTask`: the model's loss, Mixup included), timm's
+schedule stepped per update and EMA in the update hook; the recipe is loaded by the trainer's loader
+(`train.recipes.load_sectioned_recipe`, schema in `dense.recipe`).
+
+A dry run is a mode of the same runner: a few updates on the CPU, with the tiny model of the recipe's
+family and synthetic batches at a small resolution, writing nothing: the optimizer, its LR and decay
+groups, the schedule as a function of the update (the full run's updates per epoch), augmentations,
+Mixup/CutMix, label smoothing, EMA, gradient clipping and PEFT freezing are the recipe's own, so a
+recipe cannot rot.
 """
 
 from __future__ import annotations
@@ -176,6 +182,22 @@ class DenseTask:
         return outputs
 
 
+def _prepare(
+    r: dict[str, Any], accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader | None = None
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader | None, Scheduler, ModelEmaV3 | None]:
+    """What both modes build around the model: the recipe's optimizer (prepared with the model and the
+    loader), its schedule per update (the loader's length per epoch; the full run's without one), EMA."""
+    optimizer = build_optimizer(model, r)
+    if loader is None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        upe = updates_per_epoch(r)
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        upe = len(loader)
+    sched = build_scheduler(optimizer, r, upe=upe)
+    return model, optimizer, loader, sched, build_ema(accelerator.unwrap_model(model), r)
+
+
 def _train_updates(
     r: dict[str, Any],
     accelerator: Accelerator,
@@ -239,15 +261,12 @@ def run(
             if isinstance(getattr(m, "grad_checkpointing", None), bool):
                 m.grad_checkpointing = True
     loader, val_loader = _loaders(r, batch // world, img_size)
-    optimizer = build_optimizer(model, r)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer, loader, sched, ema = _prepare(r, accelerator, model, loader)
     upe = len(loader)
-    sched = build_scheduler(optimizer, r, upe=upe)
     s = r["schedule"]
     total = int(s["iterations"]) if "iterations" in s else int(math.ceil(s["epochs"] * upe))
     if max_steps is not None:
         total = min(total, max_steps)
-    ema = build_ema(accelerator.unwrap_model(model), r)
     interval = (r.get("eval") or {}).get("interval")
     log_path = out_dir / "metrics.jsonl"
     record: dict[str, Any] = {}
@@ -300,9 +319,7 @@ def dry_run(
     out = DryRunResult(r["name"], name)
     out.total = sum(p.numel() for p in model.parameters())
     out.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    model, optimizer = accelerator.prepare(model, build_optimizer(model, r))
-    sched = build_scheduler(optimizer, r, upe=updates_per_epoch(r))
-    ema = build_ema(model, r)
+    model, optimizer, _, sched, ema = _prepare(r, accelerator, model)
     ema_before = None if ema is None else [p.detach().clone() for p in ema.module.parameters()]
 
     def record(update: int, loss: float, lr: float) -> None:
