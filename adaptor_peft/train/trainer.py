@@ -325,8 +325,8 @@ class ClassificationTask:
 
     def loss(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
         """Cross-entropy in float32."""
-        logits, labels = outputs, batch[1]
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.label_smoothing)
+        logits, labels, recipe = outputs, batch[1], self.recipe
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
         return loss
 
 
