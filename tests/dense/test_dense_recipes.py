@@ -132,3 +132,16 @@ def test_recipe_errors_name_the_key():
         load_large_recipe(no_size)
     with pytest.raises(FileNotFoundError, match="recipe file not found: nope.yaml"):
         load_large_recipe("nope.yaml")
+
+
+def test_dense_updates_run_on_the_trainers_loop(monkeypatch):
+    # the trainer's non-finite guard (its error type, the update it names) stops a dense run too
+    import torch
+
+    import adaptor_peft.dense.run as dense_run
+    from adaptor_peft.train.trainer import NonFiniteLossError
+
+    losses = iter([torch.tensor(1.0, requires_grad=True), torch.tensor(float("nan"), requires_grad=True)])
+    monkeypatch.setattr(dense_run, "compute_loss", lambda *args, **kwargs: next(losses))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at optimizer step 2 \("):
+        dry_run(RECIPES_DIR / "ade20k_upernet.yaml", steps=3)
