@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -84,7 +85,14 @@ def _lock_pins() -> dict[str, str]:
 def test_environment_matches_lock():
     """Every installed distribution is locked at the installed version (and every locked one installed)."""
     pins = _lock_pins()
-    have = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in metadata.distributions()}
+    # what pip installed into this environment; not copies vendored inside a package that put its
+    # _vendor folder on sys.path (setuptools does, once something such as inductor imports it)
+    site = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    have = {
+        re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
+        for d in metadata.distributions()
+        if Path(d.locate_file("")).resolve() in site
+    }
     have.pop("adaptor-peft", None)
     unlocked = sorted(f"{n}=={v}" for n, v in have.items() if n not in pins)
     assert not unlocked, f"installed but missing from {LOCK.name} (run `make lock`): {unlocked}"
