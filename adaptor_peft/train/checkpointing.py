@@ -181,26 +181,58 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class WorldSizeMismatchError(CheckpointError):
+    """A complete checkpoint was saved by a different number of processes than the resuming run has."""
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise CheckpointError(f"{path}: unreadable {what} ({type(exc).__name__})") from None
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
 def verify_checkpoint(folder: Path, world_size: int | None = None) -> None:
     """Raise CheckpointError unless every file in the manifest is present with its size and hash."""
     manifest_path = folder / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    manifest = _read_json(manifest_path, "manifest")
+    if not isinstance(manifest, dict):
+        raise CheckpointError(
+            f"{manifest_path}: damaged manifest (a {type(manifest).__name__}, not a mapping)"
+        )
     for name, entry in manifest.items():
+        if not _plain_name(name) or len(name) > 255:
+            raise CheckpointError(f"{manifest_path}: damaged manifest (entry name {name[:40]!r})")
+        if (
+            not isinstance(entry, dict)
+            or type(entry.get("size")) is not int
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise CheckpointError(
+                f"{manifest_path}: damaged manifest (entry {name!r} is not {{size, sha256}})"
+            )
         path = folder / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing")
-        if path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
-            raise CheckpointError(f"{path}: size or sha256 differs from the manifest (damaged file)")
+        try:
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing")
+            if path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
+                raise CheckpointError(f"{path}: size or sha256 differs from the manifest (damaged file)")
+        except OSError as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc.strerror})") from None
     for name in ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json"):
         if name not in manifest:
             raise CheckpointError(f"{folder}: manifest lacks {name}")
+    state = _read_json(folder / "state.json", "state")
+    if not isinstance(state, dict) or type(state.get("step")) is not int:
+        raise CheckpointError(f"{folder / 'state.json'}: damaged state (no integer step)")
     if world_size is not None:
-        saved = json.loads((folder / "state.json").read_text()).get("world_size")
+        saved = state.get("world_size")
         if saved != world_size:
-            raise CheckpointError(
+            raise WorldSizeMismatchError(
                 f"{folder}: saved by {saved} process(es), resumed with {world_size}; "
                 "resume with the same count"
             )
@@ -214,20 +246,29 @@ def find_resumable(run_dir: Path, world_size: int | None = None) -> tuple[Path |
     candidates = sorted(
         (p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)), reverse=True
     )
+    warnings = []
     latest = root / LATEST
     if latest.is_file():
-        named = root / latest.read_text().strip()
-        if named in candidates:
-            candidates.remove(named)
-            candidates.insert(0, named)
-    warnings = []
+        try:
+            name = latest.read_bytes()[:64].decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            name = None
+        if name is None or not (name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit()):
+            warnings.append(
+                f"{latest}: damaged (not a checkpoint name); using the newest complete checkpoint"
+            )
+        else:
+            named = root / name
+            if named in candidates:
+                candidates.remove(named)
+                candidates.insert(0, named)
     for folder in candidates:
         try:
             verify_checkpoint(folder, world_size)
             return folder, warnings
+        except WorldSizeMismatchError:
+            raise
         except CheckpointError as exc:
-            if "resume with the same count" in str(exc):
-                raise
             warnings.append(f"skipping damaged checkpoint: {exc}")
     return None, warnings
 
