@@ -38,6 +38,7 @@ from .data import DataError
 from .methods import Method, get_method, head_param_names
 from .metrics import ClassificationMeter
 from .recipes import Recipe, RecipeError, load_recipe
+from .run_lock import RunDirError, RunDirLock, RunDirLockedError
 from .tracking import JsonlLog, plot_curves
 
 if TYPE_CHECKING:  # accelerate is imported when a run starts, not with this module
@@ -61,8 +62,14 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/Inf; the message names the optimizer step."""
 
 
-class RunDirError(FileExistsError):
-    """The output directory holds a run that would be overwritten."""
+class ResumeMismatchError(RunDirError):
+    """A resume asks for a recipe that differs from the run's saved one in keys that must not change."""
+
+
+#: Recipe keys a resume may change: they extend the run or only change how it reports itself.
+RESUME_MAY_CHANGE = frozenset(
+    {"max_steps", "epochs", "resume", "overwrite", "output_dir", "progress", "plot", "num_workers", "name"}
+)
 
 
 @dataclass
@@ -180,6 +187,43 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe) -> None:
     if started and not recipe.resume:
         raise RunDirError(
             f"{run_dir} holds an unfinished run; pass resume=true to continue it or overwrite=true to restart"
+        )
+    if recipe.resume:
+        check_resume_recipe(run_dir / RECIPE_FILE, recipe)
+
+
+def check_resume_recipe(saved_path: Path, recipe: Recipe) -> None:
+    """Raise ResumeMismatchError when ``recipe`` differs from the saved one outside RESUME_MAY_CHANGE."""
+    import yaml
+
+    if not saved_path.exists():
+        return
+    try:
+        saved = yaml.safe_load(saved_path.read_bytes())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ResumeMismatchError(
+            f"{saved_path}: unreadable saved recipe ({type(exc).__name__}); restore it or pass overwrite=true"
+        ) from None
+    if not isinstance(saved, dict):
+        raise ResumeMismatchError(
+            f"{saved_path}: the saved recipe is not a mapping; restore it or pass overwrite=true"
+        )
+    new = recipe.to_dict()
+    defaults = Recipe().to_dict()
+
+    def same(a: Any, b: Any) -> bool:  # compared as YAML text: tuples == lists, nan == nan
+        return yaml.safe_dump(a) == yaml.safe_dump(b)
+
+    differ = [
+        key
+        for key, value in new.items()
+        if key not in RESUME_MAY_CHANGE and not same(value, saved.get(key, defaults[key]))
+    ]
+    if differ:
+        raise ResumeMismatchError(
+            f"{saved_path}: resume recipe differs from the run's in {', '.join(differ)}; "
+            f"resume with the saved values (only {', '.join(sorted(RESUME_MAY_CHANGE))} may change) "
+            "or start a new output_dir"
         )
 
 
@@ -366,6 +410,7 @@ class TrainingRun:
     window: _Window = field(default_factory=_Window)
     initial_eval: dict[str, Any] | None = None
     time_offset: float = 0.0  # training seconds before a resume
+    lock: RunDirLock | None = None  # the run directory's lock (main process only)
 
     @property
     def main(self) -> bool:
@@ -605,12 +650,47 @@ def start_run(recipe: Recipe) -> TrainingRun:
     t_start = time.time()
     accelerator = fresh_accelerator(recipe.cpu, recipe.mixed_precision, recipe.grad_accum)
     run_dir = Path(recipe.output_dir)
-    if accelerator.is_main_process:
-        prepare_run_dir(run_dir, recipe)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        sweep_temp_files(run_dir)  # leftovers of a killed save (no save is in flight now)
-    accelerator.wait_for_everyone()
+    lock = _claim_run_dir(accelerator, run_dir, recipe)
+    try:
+        return _start_run(recipe, accelerator, run_dir, lock, t_start)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
+
+def _claim_run_dir(accelerator: Accelerator, run_dir: Path, recipe: Recipe) -> RunDirLock | None:
+    """Main process: lock the run directory, check it, sweep leftovers; every rank raises what it raised."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        lock = RunDirLock(run_dir)
+        try:
+            lock.acquire()
+            stale = lock.stale_message()
+            if stale:
+                accelerator.print(f"warning: {stale}")
+            prepare_run_dir(run_dir, recipe)
+            sweep_temp_files(run_dir)  # leftovers of a killed save (no save is in flight now)
+        except RunDirError as exc:
+            lock.release()
+            lock, error = None, exc
+    if accelerator.num_processes > 1:  # the other ranks fail with the main's error instead of waiting
+        from accelerate.utils import broadcast_object_list
+
+        shared = [None if error is None else (type(error).__name__, str(error))]
+        broadcast_object_list(shared, from_process=0)
+        if shared[0] is not None and error is None:
+            kinds = {c.__name__: c for c in (RunDirError, RunDirLockedError, ResumeMismatchError)}
+            error = kinds.get(shared[0][0], RunDirError)(shared[0][1])
+    if error is not None:
+        raise error
+    accelerator.wait_for_everyone()
+    return lock
+
+
+def _start_run(
+    recipe: Recipe, accelerator: Accelerator, run_dir: Path, lock: RunDirLock | None, t_start: float
+) -> TrainingRun:
     from accelerate.utils import set_seed
 
     set_seed(recipe.seed, deterministic=False)
@@ -647,6 +727,7 @@ def start_run(recipe: Recipe) -> TrainingRun:
         t_start=t_start,
         metrics_log=JsonlLog(run_dir / METRICS_FILE),
         eval_log=JsonlLog(run_dir / EVAL_FILE),
+        lock=lock,
     )
 
 
@@ -662,13 +743,17 @@ def train(
     elif overrides:
         recipe = load_recipe(recipe.to_dict(), overrides)
     run = start_run(recipe)
-    if recipe.resume:
-        run.resume()
-    run.start_logs()
-    if run.step == 0 and recipe.eval_at_start:
-        run.initial_eval = run.run_eval(0)
-    last_eval = run.train_steps()
-    return run.finish(last_eval)
+    try:
+        if recipe.resume:
+            run.resume()
+        run.start_logs()
+        if run.step == 0 and recipe.eval_at_start:
+            run.initial_eval = run.run_eval(0)
+        last_eval = run.train_steps()
+        return run.finish(last_eval)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
 
 
 def final_tensors(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ TIME_KEYS = {"samples_per_s", "time_s"}
 RUN_FILES = {
     "metrics.jsonl", "eval.jsonl", "recipe.yaml", "result.json", "final_eval.json", "curves.png",
     "adaptor.safetensors", "head.safetensors", "model.safetensors", CKPT_DIR,
+    "run.lock",  # left by a killed run (its flock died with it); removed when a run ends
 }  # fmt: skip
 CKPT_FILES = {
     "trainable.safetensors",
