@@ -426,3 +426,45 @@ def test_fuzz_checkpoint_metadata_reader(toy_data, tmp_path, monkeypatch):
     for path, data in pristine.items():
         path.write_bytes(data)
     assert find_resumable(out) == (newest, [])
+
+
+_DDP_REFUSED = """
+import sys, torch
+from accelerate import debug_launcher
+
+def worker(recipe_file):
+    torch.set_num_threads(1)
+    from accelerate import PartialState
+    from adaptor_peft.train.trainer import RunDirLockedError, train
+    try:
+        train(recipe_file)
+    except RunDirLockedError as exc:
+        print(f"rank {PartialState().process_index} refused: {exc}", flush=True)
+
+debug_launcher(worker, args=(sys.argv[1],), num_processes=2)
+"""
+
+
+@pytest.mark.slow  # ~20 s: two fresh interpreters import torch and accelerate
+def test_ddp_ranks_all_refuse_a_locked_run_dir_without_hanging(toy_data, tmp_path):
+    """Only the main process takes the lock; when it cannot, every rank raises its error (none waits)."""
+    out = tmp_path / "run"
+    recipe_file = tmp_path / "ddp.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe_dict(toy_data, out, batch_size=4)))
+    holder = _hold_lock(out)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _DDP_REFUSED, str(recipe_file)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    message = f"refused: {out / LOCK_FILE}: run directory in use by process {holder.pid}; "
+    for rank in (0, 1):
+        assert f"rank {rank} {message}" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # the killed holder's; nothing written
