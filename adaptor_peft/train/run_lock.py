@@ -59,12 +59,17 @@ class RunDirLock:
         """Take the lock or raise RunDirLockedError naming the lock file and its owner's pid."""
         if self._fd is not None:
             return self
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(
+                f"{self.run_dir}: cannot create the run directory ({exc.strerror}); choose another output_dir"
+            ) from None
         for _ in range(50):  # retried only when the file is replaced between open and flock
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise RunDirLockedError(
+                raise RunDirError(
                     f"{self.path}: cannot open the run lock ({exc.strerror}); check its permissions"
                 ) from None
             try:

@@ -214,6 +214,15 @@ def test_lock_object_basics(tmp_path):
     assert not (tmp_path / "r" / LOCK_FILE).exists()
 
 
+def test_output_dir_that_cannot_be_created_is_a_run_dir_error(toy_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunDirError) as info:
+        train(make_recipe(toy_data, blocker / "run"))
+    assert str(info.value).startswith(f"{blocker / 'run'}: cannot create the run directory (")
+    assert str(info.value).endswith("); choose another output_dir")
+
+
 # --- resume only with the run's own recipe ---------------------------------------------------------
 
 
