@@ -1,4 +1,4 @@
-"""Reading a safetensors file for the adaptor-file checks: header entries parsed, tensor data kept as bytes.
+"""Reading a safetensors file for the adaptor-file checks: header entries parsed, tensor data read lazily.
 
 The container itself (UTF-8 JSON header, field types, known dtypes, data offsets that tile the data
 exactly) is validated by the ``safetensors`` library; its refusal becomes an :class:`AdaptorHeaderError`.
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from safetensors import safe_open
+
+from adaptor_peft.regular_file import NotARegularFileError, open_regular_file, regular_file_size
 
 from .errors import AdaptorFileCorruptError, AdaptorFileError, AdaptorFileUnreadableError, AdaptorHeaderError
 
@@ -60,21 +61,28 @@ class TensorEntry:
 
 @dataclass
 class RawSafetensors:
-    """A safetensors file that safetensors accepts, its header parsed (tensor data still as bytes)."""
+    """A safetensors file that safetensors accepts, its header parsed (tensor data not read yet)."""
 
     path: Path
-    data: bytes  # the whole file, or only length prefix + header when read with header_only=True
+    data: bytes  # the length prefix and the header only: tensor data is read by decode(), per tensor
     file_size: int
     header_len: int
     entries: dict[str, TensorEntry]
     metadata: dict[str, str]
 
     def decode(self) -> dict[str, torch.Tensor]:
-        """All tensors, decoded by safetensors itself (its own checks wrapped as AdaptorFileError)."""
+        """All tensors, read one at a time by safetensors (its own checks wrapped as AdaptorFileError).
+
+        Reads (pread) only the spans the validated header declares, into tensors that own their memory.
+        """
         try:
-            if len(self.data) != self.file_size:
-                self.data = self.path.read_bytes()
-            return safetensors.torch.load(self.data)
+            regular_file_size(self.path)  # the path may have been swapped for a FIFO or device since
+            with safe_open(str(self.path), framework="pt", backend="pread") as f:
+                return {name: f.get_tensor(name) for name in f.keys()}
+        except NotARegularFileError as exc:
+            raise AdaptorFileUnreadableError(
+                self.path, f"{exc.strerror}; pass the path of a regular .safetensors adaptor file"
+            ) from exc
         except Exception as exc:  # SafetensorError, or anything the decoder raises on bad bytes
             raise AdaptorFileCorruptError(self.path, f"safetensors cannot decode the file: {exc}") from exc
 
@@ -92,14 +100,11 @@ def _is_count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _read(path: Path, header_only: bool) -> tuple[bytes, int]:
-    """(bytes, file size): the whole file, or just the length prefix and the header."""
+def _read(path: Path) -> tuple[bytes, int]:
+    """(length prefix + header bytes, file size) of a regular file; the tensor data is not read."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if not header_only:
-                data = f.read()
-                return data, len(data)
+        f, size = open_regular_file(path)
+        with f:
             data = f.read(8)
             if len(data) == 8:
                 n = int.from_bytes(data, "little")
@@ -115,6 +120,10 @@ def _read(path: Path, header_only: bool) -> tuple[bytes, int]:
             else ""
         )
         raise AdaptorFileUnreadableError(path, f"is a directory, not an adaptor file{hint}") from exc
+    except NotARegularFileError as exc:
+        raise AdaptorFileUnreadableError(
+            path, f"{exc.strerror}; pass the path of a regular .safetensors adaptor file"
+        ) from exc
     except OSError as exc:
         raise AdaptorFileUnreadableError(path, f"cannot read the file: {exc}") from exc
 
@@ -205,10 +214,12 @@ def _name_the_fault(path: Path, header_bytes: bytes, body_len: int) -> AdaptorFi
 def read_safetensors(path: str | os.PathLike, header_only: bool = False) -> RawSafetensors:
     """Read a safetensors file that safetensors itself accepts, with its header parsed into entries.
 
-    ``header_only`` reads just the header (for describing large checkpoints); decode() reads the rest.
+    Only the length prefix and the header are read (checked against the file size, then by safetensors,
+    which maps the file without reading its data); decode() reads the tensors. ``header_only`` is kept
+    for callers that only describe the file: it changes nothing, as no data is read here either way.
     """
     path = Path(path)
-    data, size = _read(path, header_only)
+    data, size = _read(path)
     header_len = _header_len(path, data, size)
     header_bytes = data[8 : 8 + header_len]
     try:
