@@ -12,6 +12,7 @@ import fnmatch
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,11 +20,14 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
+from ..regular_file import NotARegularFileError, regular_file_size
+
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "LoadReport",
     "UntrustedCheckpointError",
+    "checkpoint_budget",
     "load_checkpoint",
     "load_into_model",
     "config_from_yacs",
@@ -36,6 +40,15 @@ __all__ = [
 _ENVELOPE_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 10  # keys listed per category in a mismatch error
+
+# What a checkpoint file may hold (its size, or what its zip members inflate to) when no model says how
+# big it should be: generous for any VMamba checkpoint with optimizer state; the one place this is set.
+DEFAULT_CHECKPOINT_BUDGET = 16 * 1024**3
+# Per expected parameter: fp64 weights plus two Adam moments and an EMA copy; plus slack for a larger head.
+_BUDGET_BYTES_PER_PARAM = 32
+_BUDGET_SLACK = 256 * 1024**2
+# torch.save stores zip members uncompressed; a re-zipped checkpoint of float weights barely compresses.
+_MAX_INFLATION = 32
 
 # January-2024 names -> current names (docs/vmamba.md §3; official VSSM._load_from_state_dict does the same).
 _LEGACY_RENAMES = [
@@ -70,10 +83,54 @@ class LoadReport(NamedTuple):
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 
+def checkpoint_budget(num_params: int) -> int:
+    """The most bytes a checkpoint for a model of ``num_params`` parameters may hold (file or unzipped)."""
+    return _BUDGET_BYTES_PER_PARAM * num_params + _BUDGET_SLACK
+
+
+def _regular_size(path: Path) -> int:
+    """Size of a regular checkpoint file; a missing path, directory, FIFO or device is a CheckpointError."""
+    try:
+        return regular_file_size(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: checkpoint file not found; pass the path of an existing file") from e
+    except IsADirectoryError as e:
+        raise CheckpointError(f"{path}: is a directory; pass the path of a checkpoint file") from e
+    except NotARegularFileError as e:
+        raise CheckpointError(f"{path}: {e.strerror}; pass the path of a regular checkpoint file") from e
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the file ({e})") from e
+
+
+def _check_budget(path: Path, size: int, budget: int) -> None:
+    """Refuse a file bigger than the budget, or a zip whose members declare more than it may inflate to.
+
+    Reads only the zip's central directory: the declared sizes are what torch.load allocates per member.
+    """
+    hint = "pass a checkpoint of this model (or a larger max_bytes if the file is trusted)"
+    if size > budget:
+        raise CheckpointError(f"{path}: file has {size:,} bytes, over the {budget:,}-byte budget; {hint}")
+    if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):
+        return  # safetensors checks its header against the file size; a legacy pickle is at most size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a readable zip after all: torch.load words the refusal
+    limit = min(budget, _MAX_INFLATION * size + 1024**2)
+    if declared > limit:
+        raise CheckpointError(
+            f"{path}: its zip members declare {declared:,} bytes unpacked from a {size:,}-byte file, "
+            f"over the {limit:,}-byte limit (a zip bomb, or not a checkpoint of this model); "
+            f"refused before unpacking; {hint}"
+        )
+
+
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a .safetensors header ({} when it has none)."""
     from safetensors import safe_open
 
+    _regular_size(Path(path))
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -81,8 +138,13 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
-def read_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
-    """The raw object in a checkpoint file (safetensors dict, or an unpickled .pth only if trusted)."""
+def read_checkpoint_file(path: Path, trust_pickle: bool, max_bytes: int | None = None) -> Any:
+    """The raw object in a checkpoint file (safetensors dict, or an unpickled .pth only if trusted).
+
+    Only a regular file is read, and only if it (and, for a zip, what its members declare unpacked) fits
+    ``max_bytes`` (default DEFAULT_CHECKPOINT_BUDGET; see checkpoint_budget for one from the model).
+    """
+    _check_budget(path, _regular_size(path), DEFAULT_CHECKPOINT_BUDGET if max_bytes is None else max_bytes)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -152,12 +214,17 @@ def normalize_state_dict(
     return out
 
 
-def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read a checkpoint (.safetensors, or .pth/.pt/.bin loaded weights_only) as a normalised state dict."""
+def load_checkpoint(
+    path: str | os.PathLike, trust_pickle: bool = False, max_bytes: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint (.safetensors, or .pth/.pt/.bin loaded weights_only) as a normalised state dict.
+
+    ``max_bytes`` bounds the file and what a zip checkpoint unpacks to (see read_checkpoint_file).
+    """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    return normalize_state_dict(read_checkpoint_file(path, trust_pickle), source=str(path))
+    return normalize_state_dict(read_checkpoint_file(path, trust_pickle, max_bytes), source=str(path))
 
 
 def _model_name(model: nn.Module) -> str:

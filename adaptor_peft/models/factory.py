@@ -18,6 +18,7 @@ from safetensors.torch import save as safetensors_save
 
 from ..atomic import atomic_write_bytes
 from .checkpoint import (
+    checkpoint_budget,
     config_from_yacs,
     load_checkpoint,
     load_into_model,
@@ -117,7 +118,10 @@ def create_model(
     _check_config(overrides, "overrides")
     if checkpoint is None and config_file is not None:
         checkpoint = config_file
-    state_dict = load_checkpoint(checkpoint, trust_pickle=trust_pickle) if checkpoint is not None else None
+    state_dict = None
+    if checkpoint is not None:
+        budget = checkpoint_budget(sum(p.numel() for p in _build_meta({**config, **overrides}).parameters()))
+        state_dict = load_checkpoint(checkpoint, trust_pickle=trust_pickle, max_bytes=budget)
     ckpt_classes = None
     if state_dict is not None and "classifier.head.weight" in state_dict:
         ckpt_classes = int(state_dict["classifier.head.weight"].shape[0])
@@ -213,7 +217,7 @@ def convert_checkpoint(
     yacs config), else inferred by matching the keys and shapes against the registered released variants.
     """
     src, dst = Path(src), Path(dst)
-    if not src.is_file():
+    if not os.path.lexists(src):  # a directory, FIFO or device: read_checkpoint_file names it
         raise FileNotFoundError(f"checkpoint file not found: {src}")
     raw = read_checkpoint_file(src, trust_pickle)
     state_dict = normalize_state_dict(raw, source=str(src))
