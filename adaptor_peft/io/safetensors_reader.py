@@ -163,8 +163,10 @@ def _readable_entry(info: Any) -> bool:
 
 
 def _name_the_fault(path: Path, header_bytes: bytes, body_len: int) -> AdaptorFileError | None:
-    """The specific error behind a refusal that safetensors words without naming the tensor, if found.
+    """The specific error for data spans that disagree with the header or the file size, if found.
 
+    Checked from the header alone before safetensors maps the file (a header that leaves a sparse 10 GB
+    file mostly unaccounted for is refused without touching it), and it names the tensor where
     safetensors says "incomplete metadata" both for cut-off data and for trailing bytes, and "invalid
     shape, data type, or offset" without saying which tensor. Entries are checked in header order;
     None (keep safetensors' own message) for anything else, such as a malformed entry or a gap.
@@ -222,15 +224,15 @@ def read_safetensors(path: str | os.PathLike, header_only: bool = False) -> RawS
     data, size = _read(path)
     header_len = _header_len(path, data, size)
     header_bytes = data[8 : 8 + header_len]
+    fault = _name_the_fault(path, header_bytes, size - 8 - header_len)
+    if fault is not None:  # spans that disagree with the file size: refused before the file is mapped
+        raise fault
     try:
         with safe_open(str(path), framework="pt"):  # maps the file: checks the header, reads no data
             pass
     except OSError as exc:  # the file went away or became unreadable since it was read
         raise AdaptorFileUnreadableError(path, f"cannot read the file: {exc}") from exc
     except Exception as exc:  # SafetensorError: safetensors refuses the container
-        fault = _name_the_fault(path, header_bytes, size - 8 - header_len)
-        if fault is not None:
-            raise fault from exc
         raise AdaptorHeaderError(path, f"safetensors refuses the file: {exc}", key="header") from exc
 
     try:  # safetensors accepted it, so this is valid JSON; it keeps the last of duplicate keys, we refuse
