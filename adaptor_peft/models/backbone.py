@@ -127,9 +127,10 @@ class VMambaBackbone(nn.Module):
         Shape mismatches raise CheckpointMismatchError naming the key; missing keys (normally the
         `outnorm*` norms, which keep their init) and unexpected ones are reported, not fatal.
         """
-        from .checkpoint import CheckpointMismatchError, load_checkpoint
+        from .checkpoint import CheckpointMismatchError, checkpoint_budget, load_checkpoint
 
-        state = load_checkpoint(path, trust_pickle=trust_pickle)
+        budget = checkpoint_budget(sum(p.numel() for p in self.parameters()))  # slack covers the head
+        state = load_checkpoint(path, trust_pickle=trust_pickle, max_bytes=budget)
         expected = self.state_dict()
         ignored = [k for k in state if k.startswith("classifier.")]
         unexpected = [k for k in state if k not in expected and not k.startswith("classifier.")]
