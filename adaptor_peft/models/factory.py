@@ -78,7 +78,7 @@ def _resolve(
         return text, _variant_args(text), None
     path = Path(text)
     if path.suffix == ".safetensors" or path.is_file():
-        if not path.is_file():
+        if not os.path.lexists(path):  # a directory, FIFO or device: read_safetensors_metadata names it
             raise FileNotFoundError(f"model file not found: {path}")
         meta = read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
         if "config" not in meta:

@@ -55,6 +55,7 @@ calls = {
     "cli_info": cli_info,
     "load_checkpoint": load_checkpoint,
     "create_model": lambda p: create_model("test_vmamba", checkpoint=p),
+    "create_model_from_file": create_model,
     "convert_checkpoint": lambda p: convert_checkpoint(p, p + ".out.safetensors"),
 }
 create_model("test_vmamba")  # warm: lazy imports and first allocations are the library, not the read
@@ -174,6 +175,12 @@ def test_fifo_checkpoint_fails_fast(tmp_path, call):
     fifo = tmp_path / "pipe.pth"
     os.mkfifo(fifo)
     assert_refused(run_child(call, fifo), "CheckpointError", "FIFO", "regular", path=fifo)
+
+
+def test_fifo_model_file_fails_fast(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    assert_refused(run_child("create_model_from_file", fifo), "CheckpointError", "FIFO", path=fifo)
 
 
 def test_symlink_to_dev_zero(tmp_path):
