@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..limits import ADAPTOR_LIMITS, MAX_HEADS_X_POINTS
+
 OFFSET_MODES = ("relative", "absolute")
 SELECTIONS = ("dynamic", "static")
 AGGREGATIONS = ("split", "sum")
@@ -78,6 +80,12 @@ class MambaAdaptorConfig:
         _check_int(self, "num_points", minimum=1)
         _check_int(self, "num_heads", minimum=1)
         _check_int(self, "kernel_size", minimum=1)
+        if self.num_heads * self.num_points > MAX_HEADS_X_POINTS:
+            raise ValueError(
+                f"MambaAdaptorConfig.num_heads x num_points = {self.num_heads} x {self.num_points} exceeds "
+                f"the limit {MAX_HEADS_X_POINTS} (adaptor_peft.limits.MAX_HEADS_X_POINTS; Mamba-Adaptor-b2 "
+                "uses 8 x 4): use fewer heads or points"
+            )
         if self.kernel_size % 2 == 0:
             raise ValueError(
                 f"MambaAdaptorConfig.kernel_size must be odd (same padding), got {self.kernel_size}"
@@ -98,10 +106,20 @@ class MambaAdaptorConfig:
             )
         if not self.dilations:
             raise ValueError("MambaAdaptorConfig.dilations must hold at least one dilation")
+        if len(self.dilations) > ADAPTOR_LIMITS["num_dilations"]:
+            raise ValueError(
+                f"MambaAdaptorConfig.dilations holds {len(self.dilations)} branches, more than the limit "
+                f"{ADAPTOR_LIMITS['num_dilations']} (adaptor_peft.limits.ADAPTOR_LIMITS): use fewer dilations"
+            )
         for d in self.dilations:
             if isinstance(d, bool) or not isinstance(d, int) or d < 1:
                 raise ValueError(
                     f"MambaAdaptorConfig.dilations must be positive ints, got {self.dilations!r}"
+                )
+            if d > ADAPTOR_LIMITS["dilation"]:
+                raise ValueError(
+                    f"MambaAdaptorConfig.dilations entry {d} exceeds the limit {ADAPTOR_LIMITS['dilation']} "
+                    "(adaptor_peft.limits.ADAPTOR_LIMITS): use smaller dilations"
                 )
         if self.stages is not None:
             for s in self.stages:
@@ -159,6 +177,11 @@ def _check_int(cfg: MambaAdaptorConfig, name: str, minimum: int) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"MambaAdaptorConfig.{name} must be an int >= {minimum}, got {value!r}")
+    if value > ADAPTOR_LIMITS[name]:
+        raise ValueError(
+            f"MambaAdaptorConfig.{name}={value} exceeds the limit {ADAPTOR_LIMITS[name]} "
+            "(adaptor_peft.limits.ADAPTOR_LIMITS; no real model comes near it): use a smaller value"
+        )
 
 
 def _check_choice(cfg: MambaAdaptorConfig, name: str, choices: tuple[str, ...]) -> None:

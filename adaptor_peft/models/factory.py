@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from ..atomic import atomic_write_bytes
+from ..limits import check_model_limits
 from .checkpoint import (
     checkpoint_budget,
     config_from_yacs,
@@ -72,6 +73,7 @@ def _resolve(
     if isinstance(name_or_config, Mapping):
         config = dict(name_or_config)
         _check_config(config, "config")
+        check_model_limits(config, "config")
         return None, config, None
     text = str(name_or_config)
     if text in list_models():
@@ -90,7 +92,11 @@ def _resolve(
             config = json.loads(meta["config"])
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: the 'config' metadata is not valid JSON ({e})") from e
+        if not isinstance(config, dict):
+            kind = type(config).__name__
+            raise ValueError(f"{path}: the 'config' metadata must be a JSON object, got {kind}")
         _check_config(config, str(path))
+        check_model_limits(config, f"{path} (its 'config' metadata)")
         arch = meta.get("arch")
         return (arch if arch in list_models() else None), config, path
     close = difflib.get_close_matches(text, list_models(), n=1)
@@ -116,6 +122,7 @@ def create_model(
     """
     arch, config, config_file = _resolve(name_or_config)
     _check_config(overrides, "overrides")
+    check_model_limits({**config, **overrides}, "overrides" if overrides else "config")
     if checkpoint is None and config_file is not None:
         checkpoint = config_file
     state_dict = None

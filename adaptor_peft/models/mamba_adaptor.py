@@ -39,13 +39,13 @@ class MambaAdaptorNet(VSSM):
     """A VSSM with Mamba-Adaptor modules built in (all parameters trainable); `adaptor` = config or dict."""
 
     def __init__(self, adaptor: MambaAdaptorConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         if adaptor is None:
             adaptor = MambaAdaptorConfig(init="random", share_across_directions=False)
         elif isinstance(adaptor, dict):
-            adaptor = MambaAdaptorConfig.from_dict(adaptor)
+            adaptor = MambaAdaptorConfig.from_dict(adaptor)  # validated (limits too) before the base is built
         elif not isinstance(adaptor, MambaAdaptorConfig):
             raise TypeError(f"adaptor must be a MambaAdaptorConfig or a dict, got {type(adaptor).__name__}")
+        super().__init__(**kwargs)
         inject_adaptors(self, adaptor, freeze_base=False)
 
     def no_weight_decay(self) -> set[str]:

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from adaptor_peft.kernels import dispatch as _kernels
 
+from ..limits import check_model_limits
 from .checkpoint import normalize_state_dict
 from .validation import check_model_input
 
@@ -639,6 +640,14 @@ class VSSM(nn.Module):
         super().__init__()
         if kwargs:
             raise TypeError(f"VSSM got unexpected keyword arguments {sorted(kwargs)}")
+        check_model_limits(
+            dict(
+                patch_size=patch_size, in_chans=in_chans, num_classes=num_classes, depths=depths, dims=dims,
+                ssm_d_state=ssm_d_state, ssm_ratio=ssm_ratio, ssm_dt_rank=ssm_dt_rank, ssm_conv=ssm_conv,
+                mlp_ratio=mlp_ratio, imgsize=imgsize,
+            ),
+            "VSSM",
+        )  # fmt: skip
         if global_pool not in ("avg", "") or (global_pool == "" and num_classes > 0):
             raise ValueError(f"global_pool must be 'avg', or '' with num_classes=0; got {global_pool!r}")
         if ssm_init not in ("v0", "v1", "v2"):
