@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ..atomic import atomic_write_text
+from ..limits import MAX_RECIPE_BYTES, MAX_RECIPE_DEPTH, MAX_RECIPE_NODES
 
 #: Recipe-path prefix for files shipped in the package (``asset:mnist_train.npz``).
 ASSET_PREFIX = "asset:"
@@ -50,6 +51,70 @@ METHOD_NAMES: list[str] = [
 
 class RecipeError(ValueError):
     """A recipe file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (``*name``) and counts nodes and nesting while composing."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """Compose one node, refusing aliases and anything past the node and depth limits."""
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _LimitExceeded(
+                f"YAML alias '*{event.anchor}' at {event.start_mark.line + 1}:{event.start_mark.column + 1}"
+                " is not allowed in recipes (anchors/aliases can expand without bound): write the value out"
+            )
+        self._nodes += 1
+        if self._nodes > MAX_RECIPE_NODES:
+            raise _LimitExceeded(
+                f"more than {MAX_RECIPE_NODES} YAML nodes (adaptor_peft.limits.MAX_RECIPE_NODES): "
+                "not a recipe; check the file"
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_RECIPE_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _LimitExceeded(
+                    f"nested deeper than {MAX_RECIPE_DEPTH} levels at {mark.line + 1}:{mark.column + 1} "
+                    "(adaptor_peft.limits.MAX_RECIPE_DEPTH): flatten the recipe"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _LimitExceeded(Exception):
+    """A recipe document breaks a limit of _BoundedLoader (turned into a RecipeError with the source)."""
+
+
+def load_yaml_bounded(text: str, where: str, error: type[RecipeError] = RecipeError) -> Any:
+    """Parse recipe YAML safely: no aliases, bounded size, nodes and depth; errors name ``where``."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise error(
+            f"{where}: {len(text)} characters, more than the recipe limit {MAX_RECIPE_BYTES} "
+            "(adaptor_peft.limits.MAX_RECIPE_BYTES): not a recipe; check the file"
+        )
+    try:
+        return _compose_bounded(text)
+    except _LimitExceeded as exc:
+        raise error(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{where}: not valid YAML: {exc}") from None
+    except (RecursionError, ValueError, OverflowError, MemoryError) as exc:
+        raise error(f"{where}: the YAML cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _compose_bounded(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def allow_method_name(name: str) -> None:
@@ -236,10 +301,17 @@ def _coerce(key: str, value: Any, where: str) -> Any:
 
 def _parse_value(text: str) -> Any:
     """YAML-parse one override value ('8' -> 8, '[1,2]' -> list, 'null' -> None)."""
+    if text == "":
+        return ""
+    where = f"override value {text[:40]!r}"
+    if len(text) > MAX_RECIPE_BYTES:
+        return load_yaml_bounded(text, where)  # raises the size error
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return _compose_bounded(text)
     except yaml.YAMLError:
         return text
+    except _LimitExceeded as exc:
+        raise RecipeError(f"{where}: {exc}") from None
 
 
 def apply_overrides(
@@ -307,10 +379,17 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
 def read_recipe_file(source: str | os.PathLike, error: type[RecipeError] = RecipeError) -> tuple[dict, str]:
     """(the YAML mapping, the path as text) of a recipe file found by ``resolve_recipe_path``."""
     path = resolve_recipe_path(source)
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise error(
+            f"{path}: {size} bytes, more than the recipe limit {MAX_RECIPE_BYTES} "
+            "(adaptor_peft.limits.MAX_RECIPE_BYTES): not a recipe; check the file"
+        )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from None
+        text = path.read_text()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise error(f"{path}: cannot be read as text ({exc})") from None
+    data = load_yaml_bounded(text, str(path), error) or {}
     if not isinstance(data, dict):
         raise error(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
     return data, str(path)
