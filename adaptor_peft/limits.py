@@ -21,6 +21,7 @@ __all__ = [
     "MAX_STAGES",
     "MAX_WIDTH_BUDGET",
     "MODEL_LIMITS",
+    "check_adaptor_limits",
     "check_model_limits",
 ]
 
@@ -100,3 +101,33 @@ def check_model_limits(config: Mapping[str, Any], where: str) -> None:
                 f"depth*dim^2 = {budget:.3g}, limit {MAX_WIDTH_BUDGET:.3g}, adaptor_peft.limits."
                 "MAX_WIDTH_BUDGET; ~29x the largest released VMamba): fix the config"
             )
+
+
+def check_adaptor_limits(values: Mapping[str, Any], where: str) -> None:
+    """Raise ValueError naming ``where`` when adaptor fields (a partial mapping is fine) exceed the limits."""
+    for key in ("num_points", "num_heads", "kernel_size"):
+        v = values.get(key)
+        if _number(v) and not v <= ADAPTOR_LIMITS[key]:
+            raise ValueError(
+                f"{where}: {key}={v!r} exceeds the limit {ADAPTOR_LIMITS[key]} "
+                "(adaptor_peft.limits.ADAPTOR_LIMITS; no real model comes near it): use a smaller value"
+            )
+    heads, points = values.get("num_heads", 1), values.get("num_points", 1)
+    if _number(heads) and _number(points) and heads * points > MAX_HEADS_X_POINTS:
+        raise ValueError(
+            f"{where}: num_heads x num_points = {heads} x {points} exceeds the limit {MAX_HEADS_X_POINTS} "
+            "(adaptor_peft.limits.MAX_HEADS_X_POINTS): use fewer heads or points"
+        )
+    dilations = values.get("dilations")
+    if isinstance(dilations, list | tuple):
+        if len(dilations) > ADAPTOR_LIMITS["num_dilations"]:
+            raise ValueError(
+                f"{where}: dilations holds {len(dilations)} branches, more than the limit "
+                f"{ADAPTOR_LIMITS['num_dilations']} (adaptor_peft.limits.ADAPTOR_LIMITS): use fewer dilations"
+            )
+        for d in dilations:
+            if _number(d) and not d <= ADAPTOR_LIMITS["dilation"]:
+                raise ValueError(
+                    f"{where}: dilations entry {d!r} exceeds the limit {ADAPTOR_LIMITS['dilation']} "
+                    "(adaptor_peft.limits.ADAPTOR_LIMITS): use smaller dilations"
+                )

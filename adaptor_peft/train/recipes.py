@@ -21,7 +21,13 @@ from typing import Any
 import yaml
 
 from ..atomic import atomic_write_text
-from ..limits import MAX_RECIPE_BYTES, MAX_RECIPE_DEPTH, MAX_RECIPE_NODES
+from ..limits import (
+    MAX_RECIPE_BYTES,
+    MAX_RECIPE_DEPTH,
+    MAX_RECIPE_NODES,
+    check_adaptor_limits,
+    check_model_limits,
+)
 
 #: Recipe-path prefix for files shipped in the package (``asset:mnist_train.npz``).
 ASSET_PREFIX = "asset:"
@@ -67,7 +73,8 @@ class _BoundedLoader(yaml.SafeLoader):
             event = self.peek_event()
             raise _LimitExceeded(
                 f"YAML alias '*{event.anchor}' at {event.start_mark.line + 1}:{event.start_mark.column + 1}"
-                " is not allowed in recipes (anchors/aliases can expand without bound): write the value out"
+                " is not allowed in recipes (aliases can expand without bound; no bundled recipe uses one):"
+                " write the value out"
             )
         self._nodes += 1
         if self._nodes > MAX_RECIPE_NODES:
@@ -104,9 +111,13 @@ def load_yaml_bounded(text: str, where: str, error: type[RecipeError] = RecipeEr
     except _LimitExceeded as exc:
         raise error(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise error(f"{where}: not valid YAML: {exc}") from None
+        raise error(f"{where}: not valid YAML: {_one_line(exc)}") from None
     except (RecursionError, ValueError, OverflowError, MemoryError) as exc:
-        raise error(f"{where}: the YAML cannot be read ({type(exc).__name__}: {exc})") from None
+        raise error(f"{where}: the YAML cannot be read ({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def _compose_bounded(text: str) -> Any:
@@ -231,6 +242,12 @@ class Recipe:
             raise bad("epochs", "is 0 and max_steps is not set: nothing to train")
         if not isinstance(self.model, str | dict):
             raise bad("model", "must be a model name or a config mapping")
+        try:  # size limits before anything is built (create_model and MambaAdaptorConfig check again)
+            model = self.model if isinstance(self.model, dict) else {}
+            check_model_limits({**model, **self.model_kwargs}, "recipe keys 'model' / 'model_kwargs'")
+            check_adaptor_limits(self.adaptor, "recipe key 'adaptor'")
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

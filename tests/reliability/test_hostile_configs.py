@@ -292,6 +292,23 @@ def test_hostile_recipe_refused_and_save_not_reached(tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("adaptor: {num_points: 4000000}\n", ["'adaptor'", "num_points", "limit"]),
+        ("adaptor: {dilations: [1, 100000]}\n", ["'adaptor'", "dilations"]),
+        ("model: {dims: 4000000, depths: [1, 1, 1, 1]}\n", ["'model'", "dims"]),
+        ("model: test_vmamba\nmodel_kwargs: {depths: [1, 1, 1000000, 1]}\n", ["model_kwargs", "depths"]),
+    ],
+)
+def test_recipe_with_huge_model_or_adaptor_refused_at_load(tmp_path, text, words):
+    path = tmp_path / "evil.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
 def test_sectioned_recipe_with_alias_refused(tmp_path):
     from adaptor_peft.train.recipes import SectionSchema, load_sectioned_recipe
 
