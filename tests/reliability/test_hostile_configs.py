@@ -64,7 +64,8 @@ def run_child(body: str, tmp_path: Path) -> dict:
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
-        env={**os.environ, "PYTHONPATH": str(TESTS.parent)},
+        # one thread and few malloc arenas: the address-space cap must not depend on the core count
+        env={**os.environ, "PYTHONPATH": str(TESTS.parent), "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"},
     )
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, (
