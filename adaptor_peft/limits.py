@@ -31,7 +31,7 @@ ADAPTOR_LIMITS: dict[str, int] = {
     "num_heads": 256,  # S: b2 uses 8; S must also divide d_inner (<= 2048 in the released models)
     "kernel_size": 31,  # Adaptor-S uses 3x3; 31 is the largest kernel large-kernel CNNs use (RepLKNet)
     "dilation": 64,  # each entry of dilations: the paper uses 1-3, the tests at most 5
-    "num_dilations": 16,  # len(dilations): the paper uses 3 branches
+    "num_dilations": 64,  # len(dilations): the paper uses 3; split mode also needs <= d_inner of each block
 }
 #: num_heads * num_points: the phi projections' output width (b2: 32).
 MAX_HEADS_X_POINTS = 1024
