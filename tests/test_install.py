@@ -123,7 +123,7 @@ def _tracked_text_files() -> list[Path]:
 
 
 def test_repository_needs_nothing_outside_it():
-    """No file points at the team's workspace beside the clone (../shared): tests and docs live inside."""
+    """No file points at the team's shared workspace beside the clone: tests and docs live inside."""
     outside = re.compile(r"\.\./shared|shared/(spec|conformance)\b")
     this = Path(__file__).resolve()
     hits = []

@@ -346,11 +346,8 @@ def _check_finite(raw: RawSafetensors, tensors: Mapping[str, torch.Tensor]) -> N
                 raise NonFiniteTensorError(raw.path, f"{bad} of {t.numel()} values are NaN or Inf", key=name)
 
 
-def read_adaptor_file(path: str | os.PathLike) -> tuple[AdaptorHeader, dict[str, torch.Tensor]]:
-    """Read and fully validate an adaptor file on its own (no model): header, tensors, NaN/Inf, checksum."""
-    raw = read_safetensors(path)
-    header = parse_adaptor_header(raw)
-    tensors = raw.decode()
+def _check_content(raw: RawSafetensors, header: AdaptorHeader, tensors: dict[str, torch.Tensor]) -> None:
+    """Decoded tensors are finite and match the header's content checksum (the file is as written)."""
     _check_finite(raw, tensors)
     if content_digest(raw.metadata, tensors) != header.content_sha256:
         raise AdaptorChecksumError(
@@ -358,6 +355,14 @@ def read_adaptor_file(path: str | os.PathLike) -> tuple[AdaptorHeader, dict[str,
             "content checksum mismatch: the file changed after it was written",
             key=META_CONTENT_SHA256,
         )
+
+
+def read_adaptor_file(path: str | os.PathLike) -> tuple[AdaptorHeader, dict[str, torch.Tensor]]:
+    """Read and fully validate an adaptor file on its own (no model): header, tensors, NaN/Inf, checksum."""
+    raw = read_safetensors(path)
+    header = parse_adaptor_header(raw)
+    tensors = raw.decode()
+    _check_content(raw, header, tensors)
     return header, tensors
 
 
@@ -383,13 +388,7 @@ def load_adaptors(
     expected = _expected_adaptor_tensors(model, config, header.include_head, raw.path)
     keys = _check_tensors(raw, expected, strict)
     tensors = raw.decode()
-    _check_finite(raw, tensors)
-    if content_digest(raw.metadata, tensors) != header.content_sha256:
-        raise AdaptorChecksumError(
-            raw.path,
-            "content checksum mismatch: the file changed after it was written",
-            key=META_CONTENT_SHA256,
-        )
+    _check_content(raw, header, tensors)
 
     # Commit: nothing below can fail on a validated file.
     if not _has_adaptors(model):

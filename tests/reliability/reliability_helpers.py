@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from toy import TINY_VMAMBA
 
+import adaptor_peft.train.trainer as trainer_mod
 from adaptor_peft.train.checkpointing import CKPT_DIR, verify_checkpoint
 from adaptor_peft.train.recipes import Recipe, load_recipe
 
@@ -97,3 +98,20 @@ def assert_clean_run_dir(run_dir: Path) -> list[str]:
             assert {p.name for p in entry.iterdir()} == CKPT_FILES, f"{entry}: {sorted(os.listdir(entry))}"
             verify_checkpoint(entry)
     return listing
+
+
+class Killed(Exception):
+    """Stands in for the process dying right after a checkpoint (in-process, fast)."""
+
+
+def die_after_checkpoint(monkeypatch, at_step: int) -> None:
+    """Make the trainer raise Killed right after it has written the checkpoint of `at_step`."""
+    real = trainer_mod.save_checkpoint
+
+    def save_then_die(accelerator, run_dir, step, *args, **kwargs):
+        path = real(accelerator, run_dir, step, *args, **kwargs)
+        if step == at_step:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)

@@ -19,10 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from reliability_helpers import assert_clean_run_dir, assert_same_run, make_recipe, recipe_dict
+from reliability_helpers import (
+    Killed,
+    assert_clean_run_dir,
+    assert_same_run,
+    die_after_checkpoint,
+    make_recipe,
+    recipe_dict,
+)
 
 import adaptor_peft
-from adaptor_peft.train import trainer as trainer_mod
 from adaptor_peft.train.checkpointing import CheckpointError, find_resumable
 from adaptor_peft.train.run_lock import LOCK_FILE, RunDirLock
 from adaptor_peft.train.trainer import (
@@ -45,22 +51,6 @@ def _one_thread():
     torch.set_num_threads(1)  # as the reference run: bit-exact comparisons
     yield
     torch.set_num_threads(before)
-
-
-class Killed(Exception):
-    """Stands in for the process dying right after a checkpoint (in-process, fast)."""
-
-
-def _die_after_checkpoint(monkeypatch, at_step: int) -> None:
-    real = trainer_mod.save_checkpoint
-
-    def save_then_die(accelerator, run_dir, step, *args, **kwargs):
-        path = real(accelerator, run_dir, step, *args, **kwargs)
-        if step == at_step:
-            raise Killed
-        return path
-
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -194,7 +184,7 @@ def test_damaged_lock_file_is_taken_over(toy_data, tmp_path, capsys):
 
 def test_lock_is_released_when_a_run_fails(toy_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=2)
+    die_after_checkpoint(monkeypatch, at_step=2)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out))
     assert not (out / LOCK_FILE).exists()
@@ -237,7 +227,7 @@ def test_output_dir_that_cannot_be_created_is_a_run_dir_error(toy_data, tmp_path
 )
 def test_resume_with_a_different_recipe_is_refused(toy_data, tmp_path, monkeypatch, over, keys):
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=2)
+    die_after_checkpoint(monkeypatch, at_step=2)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out))
     monkeypatch.undo()
@@ -265,7 +255,7 @@ def test_resume_with_a_different_recipe_is_refused(toy_data, tmp_path, monkeypat
 
 def test_resume_may_extend_max_steps(toy_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=2)
+    die_after_checkpoint(monkeypatch, at_step=2)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out, max_steps=4))
     monkeypatch.undo()
@@ -277,7 +267,7 @@ def test_resume_may_extend_max_steps(toy_data, tmp_path, monkeypatch, capsys):
 
 def test_resume_with_a_damaged_saved_recipe_is_refused(toy_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=2)
+    die_after_checkpoint(monkeypatch, at_step=2)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out))
     monkeypatch.undo()
@@ -315,7 +305,7 @@ def test_damaged_metadata_falls_back_to_previous_checkpoint(
     toy_data, reference_run, tmp_path, monkeypatch, capsys, kind
 ):
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=4)
+    die_after_checkpoint(monkeypatch, at_step=4)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out))
     monkeypatch.undo()
@@ -383,7 +373,7 @@ def test_fuzz_checkpoint_metadata_reader(toy_data, tmp_path, monkeypatch):
     """Random JSON shapes and random bytes for manifest/latest: the reader returns the newest checkpoint that
     is still complete (with warnings for the damaged ones) or raises CheckpointError, nothing else."""
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=3)
+    die_after_checkpoint(monkeypatch, at_step=3)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out, eval_data=None))
     ckpts = out / "checkpoints"

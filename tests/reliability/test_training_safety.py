@@ -10,29 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from reliability_helpers import assert_clean_run_dir, assert_same_run, make_recipe, recipe_dict
+from reliability_helpers import (
+    Killed,
+    assert_clean_run_dir,
+    assert_same_run,
+    die_after_checkpoint,
+    make_recipe,
+    recipe_dict,
+)
 from safetensors.torch import load_file
 
 from adaptor_peft.cli import main as cli_main
-from adaptor_peft.train import trainer as trainer_mod
 from adaptor_peft.train.checkpointing import find_resumable
 from adaptor_peft.train.trainer import NonFiniteLossError, RunDirError, train
-
-
-class Killed(Exception):
-    """Stands in for the process dying right after a checkpoint (in-process, fast)."""
-
-
-def _die_after_checkpoint(monkeypatch, at_step: int) -> None:
-    real = trainer_mod.save_checkpoint
-
-    def save_then_die(accelerator, run_dir, step, *args, **kwargs):
-        path = real(accelerator, run_dir, step, *args, **kwargs)
-        if step == at_step:
-            raise Killed
-        return path
-
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
 
 
 def _poison_training_loss(monkeypatch, at_call: int, how: str) -> None:
@@ -122,7 +112,7 @@ def test_finished_run_is_never_overwritten(toy_data, tmp_path, capsys):
 
 def test_unfinished_run_needs_resume_or_overwrite(toy_data, tmp_path, monkeypatch):
     out = tmp_path / "half"
-    _die_after_checkpoint(monkeypatch, at_step=2)
+    die_after_checkpoint(monkeypatch, at_step=2)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out))
     monkeypatch.undo()
@@ -160,7 +150,7 @@ def test_corrupted_latest_checkpoint_is_detected_and_previous_used(
     toy_data, reference_run, tmp_path, monkeypatch, capsys, kind
 ):
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=4)
+    die_after_checkpoint(monkeypatch, at_step=4)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out))
     monkeypatch.undo()
@@ -182,7 +172,7 @@ def test_dangling_latest_pointer_falls_back_to_newest_complete(
     toy_data, reference_run, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=4)
+    die_after_checkpoint(monkeypatch, at_step=4)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out))
     monkeypatch.undo()
@@ -198,7 +188,7 @@ def test_every_checkpoint_damaged_restarts_from_scratch_with_warnings(
     toy_data, reference_run, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "run"
-    _die_after_checkpoint(monkeypatch, at_step=2)
+    die_after_checkpoint(monkeypatch, at_step=2)
     with pytest.raises(Killed):
         train(make_recipe(toy_data, out))
     monkeypatch.undo()
