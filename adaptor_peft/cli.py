@@ -1,7 +1,8 @@
 """The ``adaptor-peft`` command: train, eval, predict, quickstart, info, convert.
 
-Errors print one line ``error: ...`` and exit with status 1 (2 for usage errors); ``--debug`` shows
-the traceback instead.
+Errors print one line ``error: ...`` and exit with status 1 (2 for usage errors); ``--debug`` (before
+or after the command) shows the traceback instead. Options and ``key=value`` overrides may come in any
+order after the command.
 """
 
 from __future__ import annotations
@@ -10,16 +11,33 @@ import argparse
 import json
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 EPILOG_TRAIN = """examples:
   adaptor-peft train recipes/transfer.yaml train_data=my_images/ lr=3e-3 adaptor.num_points=8
-  adaptor-peft train runs/x/recipe.yaml resume=true
+  adaptor-peft train quickstart max_steps=50            (a bundled recipe, by bare name)
+  adaptor-peft train runs/x/recipe.yaml --resume max_steps=600   (continue, or extend a finished run)
   ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m adaptor_peft.cli train recipes/quickstart.yaml
   accelerate launch --config_file recipes/accelerate/multi_gpu_ddp.yaml -m adaptor_peft.cli train RECIPE"""
 
 
-def _parser() -> argparse.ArgumentParser:
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: intermixed parsing reports optional positionals (KEY=VALUE ...) as required
+    when a required one is missing; name only the required ones."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Print the usage and the message (without optional positionals in 'required') and exit 2."""
+        prefix = "the following arguments are required: "
+        if message.startswith(prefix):
+            optional = {a.metavar or a.dest for a in self._actions if not a.option_strings and a.nargs == "*"}
+            names = [n for n in message[len(prefix) :].split(", ") if n not in optional]
+            message = prefix + ", ".join(names)
+        super().error(message)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser (for --help and usage errors) and each command's own parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
@@ -28,34 +46,49 @@ def _parser() -> argparse.ArgumentParser:
         description="Mamba-Adaptor: parameter-efficient fine-tuning of VMamba models.",
         parents=[common],
     )
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser)
 
     p = sub.add_parser(
         "train",
         parents=[common],
         help="train from a YAML recipe with key=value overrides",
-        description="Train from a YAML recipe (path, or a bundled name such as 'quickstart').",
+        description="Train from a YAML recipe: a path (with a folder or a .yaml suffix; it must exist) or "
+        "the bare name of a bundled recipe ('quickstart', 'transfer').",
         epilog=EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("recipe", help="recipe YAML file (or bundled recipe name)")
+    p.add_argument("recipe", help="recipe YAML path, or a bundled recipe's bare name")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides; dotted keys reach into mappings"
     )
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last complete checkpoint (with a larger max_steps: extend a finished run)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in output_dir")
 
     # what eval and predict load: a finished run, or a file written by `adaptor-peft train`
     trained = argparse.ArgumentParser(add_help=False)
     trained.add_argument(
         "run",
-        help="run directory (with recipe.yaml and result.json), its recipe, or a trained .safetensors file",
+        help="run directory, its recipe, a trained .safetensors file, a training checkpoint directory "
+        "(runs/x/checkpoints[/step_N]) or a peft save_pretrained directory",
     )
     trained.add_argument(
-        "--base", help="base checkpoint for a trained file (default: the base its recipe names)"
+        "--base",
+        help="base weights for a trained file or peft directory (default: the base its recipe names); "
+        "the architecture comes from the base file's metadata or the trained file",
     )
     trained.add_argument(
-        "--weights", help="trained file to load instead of the run's own (adaptor/head/model)"
+        "--weights",
+        help="trained weights to load instead of the run's own: a trained file, a checkpoint directory "
+        "or a peft directory",
+    )
+    trained.add_argument(
+        "--allow-base-mismatch",
+        action="store_true",
+        help="load an adaptor file onto a base other than the one it was trained on (warns instead)",
     )
 
     p = sub.add_parser(
@@ -118,18 +151,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow full unpickling (ONLY for files from a trusted source)",
     )
-    return ap
+    return ap, dict(sub.choices)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from adaptor_peft.train.recipes import load_recipe
+    from adaptor_peft.train.recipes import load_recipe, resolve_recipe_path
 
     overrides = list(args.overrides)
     if args.resume:
         overrides.append("resume=true")
     if args.overwrite:
         overrides.append("overwrite=true")
-    recipe = load_recipe(args.recipe, overrides)  # recipe errors surface before the trainer is loaded
+    path = resolve_recipe_path(args.recipe)
+    recipe = load_recipe(path, overrides)  # recipe errors surface before the trainer is loaded
+    if os.environ.get("RANK", "0") == "0":  # once per launch, not once per process
+        print(f"recipe: {path}", flush=True)
     _avoid_spin_waiting()
     from adaptor_peft.train.trainer import train
 
@@ -150,7 +186,7 @@ def _print_result(result: object) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from adaptor_peft.train.inference import evaluate_dataset, load_trained
 
-    trained = load_trained(args.run, args.weights, args.base)
+    trained = load_trained(args.run, args.weights, args.base, allow_base_mismatch=args.allow_base_mismatch)
     m = evaluate_dataset(trained, args.data, args.split, args.batch_size)
     if args.json:
         print(json.dumps(m))
@@ -158,13 +194,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}  ({m['count']} images)")
     for name, acc in zip(trained.classes, m["per_class"]):
         print(f"  {name:>12}: {'-' if acc is None else f'{acc:.1f}%'}")
+    if m["no_examples"]:
+        print(f"no examples of {len(m['no_examples'])} class(es): {', '.join(m['no_examples'])}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from adaptor_peft.train.inference import image_files, load_trained, predict_files
 
-    trained = load_trained(args.run, args.weights, args.base)
+    trained = load_trained(args.run, args.weights, args.base, allow_base_mismatch=args.allow_base_mismatch)
     for row in predict_files(trained, image_files(args.images), args.topk):
         if args.json:
             print(json.dumps(row))
@@ -235,9 +273,29 @@ def _avoid_spin_waiting() -> None:
         )
 
 
+#: How the CLI spells what library error messages suggest as Python keyword arguments.
+_CLI_SPELLING = {"allow_base_mismatch=True": "--allow-base-mismatch"}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line: global options before the command, then the command's options and
+    positionals (overrides, images) in any order (argparse's intermixed parsing)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top, commands = _parser()
+    i = 0
+    while i < len(argv) and argv[i] == "--debug":
+        i += 1
+    if i == len(argv) or argv[i] not in commands:
+        return top.parse_args(argv)  # --help, a missing or unknown command: argparse's own message
+    args = commands[argv[i]].parse_intermixed_args(argv[i + 1 :])
+    args.command = argv[i]
+    args.debug = args.debug or i > 0  # a global --debug must not be overwritten by the command's default
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adaptor-peft`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command in ("eval", "predict", "quickstart"):
             _avoid_spin_waiting()
@@ -249,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
+        for python, flag in _CLI_SPELLING.items():  # library hints name Python arguments
+            message = message.replace(python, flag)
         print(f"error: {message}", file=sys.stderr)
         return 1
 

@@ -1,5 +1,6 @@
 """The `adaptor-peft info` pretty-printer: a readable summary of an adaptor file, a model checkpoint,
-or a peft adapter directory, read from headers only where the format allows it."""
+a peft adapter directory, a training run or one of its checkpoint directories, read from headers only
+where the format allows it."""
 
 from __future__ import annotations
 
@@ -115,11 +116,99 @@ def _describe_peft_dir(path: Path) -> list[str]:
     return lines
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdaptorMetadataError(path, f"cannot be read: {exc}") from exc
+
+
+def _describe_checkpoint_dir(path: Path) -> list[str]:
+    """A training checkpoint (``runs/x/checkpoints/step_N``: the layout of train/checkpointing.py)."""
+    state = _read_json(path / "state.json") if (path / "state.json").is_file() else {}
+    manifest = _read_json(path / "manifest.json")
+    state = state if isinstance(state, dict) else {}
+    run_dir = path.parent.parent
+    lines = [
+        f"training checkpoint: {path}",
+        f"  step: {state.get('step', '?')}   epoch: {state.get('epoch', '?')}   "
+        f"processes: {state.get('world_size', '?')}",
+        f"  run directory: {run_dir}" + ("" if (run_dir / "recipe.yaml").is_file() else " (no recipe.yaml)"),
+    ]
+    if isinstance(state.get("classes"), list):
+        lines.append(f"  classes ({len(state['classes'])}): {', '.join(map(str, state['classes']))}")
+    problems = []
+    if isinstance(manifest, dict):
+        for name, entry in sorted(manifest.items()):
+            size = entry.get("size") if isinstance(entry, dict) else None
+            file = path / str(name)
+            if not file.is_file():
+                problems.append(f"{name} missing")
+            elif file.stat().st_size != size:
+                problems.append(f"{name} has {file.stat().st_size} bytes, the manifest {size}")
+        lines.append(f"  files: {', '.join(sorted(map(str, manifest)))}")
+    lines.append("  manifest: " + ("; ".join(problems) if problems else "every file present at its size"))
+    weights = path / "trainable.safetensors"
+    if weights.is_file():
+        raw = read_safetensors(weights, header_only=True)
+        rows = [(k, e.dtype, e.shape, e.nbytes) for k, e in sorted(raw.entries.items())]
+        lines += ["  trainable.safetensors (trained tensors and buffers):", *_tensor_table(rows)]
+    lines.append(f"  use: adaptor-peft eval {path} --data DATA   (or predict {path} IMAGES)")
+    return lines
+
+
+def _newest_checkpoint(root: Path) -> Path | None:
+    latest = root / "latest"
+    name = latest.read_text().strip() if latest.is_file() else ""
+    if name and (root / name / "manifest.json").is_file():
+        return root / name
+    done = sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+    return done[-1] if done else None
+
+
+def _describe_run_dir(path: Path) -> list[str]:
+    """A training run directory: its result (when finished), trained file and checkpoints."""
+    lines = [f"training run: {path}"]
+    result = path / "result.json"
+    if result.is_file():
+        summary = _read_json(result)
+        summary = summary if isinstance(summary, dict) else {}
+        for key in ("method", "steps", "top1", "num_classes", "classes", "artefact", "wall_time_s"):
+            if key in summary:
+                lines.append(f"  {key}: {json.dumps(summary[key])}")
+    else:
+        lines.append("  unfinished (no result.json)")
+    root = path / "checkpoints"
+    if root.is_dir():
+        names = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
+        newest = _newest_checkpoint(root)
+        lines.append(
+            f"  checkpoints: {', '.join(names) or 'none'}" + (f" (newest {newest.name})" if newest else "")
+        )
+    return lines
+
+
 def describe_file(path: str | os.PathLike) -> str:
-    """Human-readable summary of an adaptor file, a model checkpoint, or a peft adapter directory."""
+    """Human-readable summary of an adaptor file, a model checkpoint, a peft adapter directory, a
+    training run directory or a training checkpoint directory (``checkpoints/`` means its newest)."""
     path = Path(path)
     if path.is_dir():
-        return "\n".join(_describe_peft_dir(path))
+        if (path / "adapter_config.json").is_file():
+            return "\n".join(_describe_peft_dir(path))
+        if path.name == "checkpoints" and not (path / "manifest.json").is_file():
+            newest = _newest_checkpoint(path)
+            if newest is None:
+                raise AdaptorMetadataError(path, "holds no complete training checkpoint")
+            path = newest
+        if (path / "manifest.json").is_file():
+            return "\n".join(_describe_checkpoint_dir(path))
+        if (path / "recipe.yaml").is_file():
+            return "\n".join(_describe_run_dir(path))
+        raise AdaptorMetadataError(
+            path,
+            "not a peft adapter directory (adapter_config.json), a training run (recipe.yaml) or a "
+            "training checkpoint (manifest.json)",
+        )
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         return "\n".join(_describe_pickle_checkpoint(path))
     return "\n".join(_describe_safetensors(path))

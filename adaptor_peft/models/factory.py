@@ -40,6 +40,13 @@ def list_models() -> list[str]:
     return [*RELEASED_VARIANTS, "test_vmamba", *MAMBA_ADAPTOR_VARIANTS]
 
 
+class HeadReplacedWarning(UserWarning):
+    """create_model left a fresh classifier head: the checkpoint's head was dropped (other size) or absent.
+
+    A caller that loads a trained head right after (eval/predict of a trained file) filters this category.
+    """
+
+
 def _variant_args(name: str) -> dict[str, Any]:
     if name in MAMBA_ADAPTOR_VARIANTS:
         return mamba_adaptor_variant_args(name)
@@ -148,13 +155,16 @@ def create_model(
             warnings.warn(
                 f"{checkpoint}: its head has {ckpt_classes} classes and the model {num_classes};"
                 " the checkpoint head (classifier.head.*) was dropped and a freshly initialised head is used",
+                HeadReplacedWarning,
                 stacklevel=2,
             )
             state_dict = {k: v for k, v in state_dict.items() if k not in _HEAD_KEYS}
             allow = ("classifier.head.*",)
         elif ckpt_classes is None and num_classes > 0:
             warnings.warn(
-                f"{checkpoint}: holds no classifier head; the head is freshly initialised", stacklevel=2
+                f"{checkpoint}: holds no classifier head; the head is freshly initialised",
+                HeadReplacedWarning,
+                stacklevel=2,
             )
             allow = ("classifier.head.*",)
         load_into_model(model, state_dict, strict=True, source=checkpoint, allow_missing=allow)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..models import create_model, list_models
+from .classmap import align_classes
 from .data import (
     EpochSampler,
     ImageSource,
@@ -88,7 +89,10 @@ def build_data(recipe: Recipe, num_processes: int) -> TrainData:
     train_src, eval_src = build_sources(recipe)
     num_classes = recipe.num_classes or len(train_src.classes)
     train_src.check_labels(num_classes)
-    if eval_src is not None:
+    classes = train_src.classes[:num_classes] + [str(i) for i in range(len(train_src.classes), num_classes)]
+    if eval_src is not None and train_src.named_classes:  # named eval classes: matched by name
+        eval_src = align_classes(eval_src, classes)
+    elif eval_src is not None:
         eval_src.check_labels(num_classes)
     train_ds = TransformedDataset(train_src, Preprocess(recipe, train=True), seed=recipe.seed)
     samples_per_step = recipe.batch_size * recipe.grad_accum * num_processes
@@ -107,5 +111,4 @@ def build_data(recipe: Recipe, num_processes: int) -> TrainData:
         )
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * steps_per_epoch))
-    classes = train_src.classes[:num_classes] + [str(i) for i in range(len(train_src.classes), num_classes)]
     return TrainData(classes, num_classes, train_ds, sampler, train_dl, eval_dl, steps_per_epoch, total_steps)

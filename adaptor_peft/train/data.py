@@ -34,6 +34,10 @@ class DataError(ValueError):
 class ImageSource(Dataset):
     """Raw images with integer labels; ``__getitem__`` returns (PIL image or HxW[xC] uint8 array, label)."""
 
+    #: True when ``classes`` are the data's own names (folders, an npz 'classes' array, a ClassLabel),
+    #: False when they are only the label numbers: evaluation maps named classes by name.
+    named_classes: bool = False
+
     def __init__(self, labels: np.ndarray, classes: list[str], source: str) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = classes
@@ -87,7 +91,7 @@ class ArraySource(ImageSource):
         labels = y.astype(np.int64)
         n_cls = int(labels.max()) + 1 if labels.size else 0
         super().__init__(labels, classes or [str(i) for i in range(n_cls)], source)
-        self.x = x
+        self.x, self.named_classes = x, classes is not None
 
     def load(self, index: int) -> np.ndarray:
         """Return the uint8 array of image ``index``."""
@@ -114,7 +118,7 @@ class FolderSource(ImageSource):
                 warnings.warn(f"{root}: skipped {skipped} unreadable image(s)", stacklevel=2)
             files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         super().__init__(np.array(labels, dtype=np.int64), classes, str(root))
-        self.files = files
+        self.files, self.named_classes = files, True
 
     def load(self, index: int) -> Image.Image:
         """Open image ``index`` (errors name the file)."""
@@ -176,6 +180,7 @@ class HFDiskSource(ImageSource):
             classes = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
         super().__init__(labels, classes, where)
         self.ds, self.image_col = ds, image_col
+        self.named_classes = isinstance(feature, datasets.ClassLabel)
 
     def load(self, index: int) -> Image.Image | np.ndarray:
         """Return image ``index`` as a PIL image (or array for array-valued columns)."""
@@ -191,6 +196,7 @@ class SubsetSource(ImageSource):
     def __init__(self, base: ImageSource, indices: np.ndarray) -> None:
         super().__init__(base.labels[indices], base.classes, base.source)
         self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
+        self.named_classes = base.named_classes
 
     def load(self, index: int) -> Any:
         """Return the base image at the mapped index."""

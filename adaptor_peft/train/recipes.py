@@ -382,15 +382,44 @@ def _set_dotted(target: dict, dotted: str, value: Any) -> None:
         target[head] = value
 
 
+def is_recipe_path(name: str | os.PathLike) -> bool:
+    """True when a recipe argument names a file (a path separator, or a .yaml/.yml suffix), not a bundled
+    recipe's bare name (``quickstart``, ``transfer``)."""
+    text = os.fspath(name)
+    seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return isinstance(name, os.PathLike) or any(s in text for s in seps) or text.endswith((".yaml", ".yml"))
+
+
+def bundled_recipes() -> list[str]:
+    """Bare names of the bundled recipes (``recipes/*.yaml`` in a checkout, plus the packaged quickstart)."""
+    names = {p.stem for p in ASSETS_DIR.glob("*.yaml")}
+    if RECIPES_DIR.is_dir():
+        names |= {p.stem for p in RECIPES_DIR.glob("*.yaml")}
+    return sorted(names)
+
+
 def resolve_recipe_path(name: str | os.PathLike) -> Path:
-    """Find a recipe by path, or by bare name in the bundled ``recipes/`` folder (``quickstart``)."""
-    path = Path(name)
-    if path.is_file():
+    """The recipe file a recipe argument names: a path (it must exist: no fallback to a bundled recipe of
+    the same file name), or the bare name of a bundled recipe (``quickstart`` -> recipes/quickstart.yaml)."""
+    if is_recipe_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            what = "is a directory, not a recipe file" if path.is_dir() else "not found"
+            hint = ""
+            if path.stem in bundled_recipes():
+                hint = f" (the bundled recipe of that name is reached by its bare name: '{path.stem}')"
+            raise FileNotFoundError(f"recipe file {what}: {name}{hint}")
         return path
-    for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml"):
+    text = os.fspath(name)
+    for candidate in (RECIPES_DIR / f"{text}.yaml", ASSETS_DIR / f"{text}.yaml"):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"recipe file not found: {name}")
+    names = bundled_recipes()
+    hint = did_you_mean(text, names)
+    raise FileNotFoundError(
+        f"no bundled recipe named '{text}'{hint} (bundled: {', '.join(names)}); a recipe file is named by "
+        "a path with a folder or a .yaml suffix (./my_recipe.yaml)"
+    )
 
 
 def read_recipe_file(source: str | os.PathLike, error: type[RecipeError] = RecipeError) -> tuple[dict, str]:

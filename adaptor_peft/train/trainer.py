@@ -182,6 +182,15 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe) -> None:
             elif path.exists():
                 path.unlink()
         return
+    if finished and recipe.resume:  # extend a finished run to a larger max_steps
+        done = finished_steps(run_dir)
+        if recipe.max_steps is None or recipe.max_steps <= done:
+            raise RunDirError(
+                f"{run_dir} already holds a finished run; pass overwrite=true to replace it (resume=true "
+                f"extends it only to a max_steps larger than its {done} steps; got {recipe.max_steps})"
+            )
+        check_resume_recipe(run_dir / RECIPE_FILE, recipe)
+        return
     if finished:
         raise RunDirError(f"{run_dir} already holds a finished run; pass overwrite=true to replace it")
     if started and not recipe.resume:
@@ -190,6 +199,19 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe) -> None:
         )
     if recipe.resume:
         check_resume_recipe(run_dir / RECIPE_FILE, recipe)
+
+
+def finished_steps(run_dir: Path) -> int:
+    """Optimizer steps of the finished run in ``run_dir`` (its result.json)."""
+    try:
+        steps = json.loads((run_dir / RESULT_FILE).read_text()).get("steps")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise RunDirError(
+            f"{run_dir / RESULT_FILE}: unreadable ({type(exc).__name__}); pass overwrite=true"
+        ) from None
+    if type(steps) is not int:
+        raise RunDirError(f"{run_dir / RESULT_FILE}: no integer 'steps'; pass overwrite=true")
+    return steps
 
 
 def check_resume_recipe(saved_path: Path, recipe: Recipe) -> None:
@@ -430,6 +452,19 @@ class TrainingRun:
         self.step, self.window = int(saved["step"]), _Window(saved.get("window"))
         self.initial_eval = saved.get("initial_eval")
         self.time_offset = float(saved.get("elapsed_s", 0.0))
+        # The schedule is a function of total_steps: after a changed max_steps the next step's rate is the
+        # new schedule's (the optimizer state holds the old one's); unchanged, this is the same number.
+        sched = self.scheduler
+        for group, base_lr, factor in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base_lr * factor(sched.last_epoch)
+        extending = self.main and (self.run_dir / RESULT_FILE).exists() and self.step < self.data.total_steps
+        if extending:  # the run is unfinished again until it reaches the new max_steps
+            for name in (RESULT_FILE, "final_eval.json"):
+                (self.run_dir / name).unlink(missing_ok=True)
+            self.accelerator.print(
+                f"extending the finished run from {self.step} to {self.data.total_steps} steps "
+                "(the learning-rate schedule is re-planned over the new max_steps)"
+            )
         if self.main:
             self.metrics_log.truncate_after(self.step)
             # a run resumed at its last step re-runs the final evaluation: drop the old row
@@ -482,6 +517,7 @@ class TrainingRun:
             "window": self.window.state(),
             "initial_eval": self.initial_eval,
             "epoch": at_step // self.data.steps_per_epoch,
+            "classes": list(self.data.classes),  # eval/predict of a checkpoint dir name the classes
             "elapsed_s": time.time() - self.t_start + self.time_offset,
         }
         save_checkpoint(
