@@ -212,7 +212,7 @@ def test_eval_of_a_peft_save_pretrained_directory(folder_run, tmp_path, capsys):
     torch.manual_seed(5)
     model = ap.get_peft_model(create_model(base), ap.MambaAdaptorConfig(num_heads=2, num_points=2))
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape) * 0.1)
     model.eval()
