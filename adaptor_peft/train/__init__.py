@@ -1,7 +1,7 @@
 """Training with Accelerate: recipes, data, the trainer loop, metrics, tracking and the quickstart.
 
     from adaptor_peft.train import load_recipe, train
-    result = train("recipes/quickstart.yaml", ["max_steps=50", "output_dir=runs/qs"])
+    result = train("quickstart", ["max_steps=50", "output_dir=runs/qs"])
 
 Names are imported lazily, so ``import adaptor_peft.train`` stays cheap.
 """
