@@ -59,9 +59,11 @@ def test_image_folder_classes_and_unreadable_image(tmp_path):
     assert np.asarray(src.load(3)).shape == (10, 12)
     bad = tmp_path / "dog" / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    src = open_source(tmp_path)
+    with pytest.raises(DataError, match=rf"1 unreadable image\(s\): {bad} .*; set bad_images=skip"):
+        open_source(tmp_path)  # small folders are scanned when opened
+    src = open_source(tmp_path, check_images=False)  # no scan: found when loaded, with the same hint
     idx = src.files.index(bad)
-    with pytest.raises(DataError, match=f"cannot read image {bad}"):
+    with pytest.raises(DataError, match=f"cannot read image {bad}: .*; set bad_images=skip"):
         src.load(idx)
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
         src = open_source(tmp_path, bad_images="skip")
