@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from .recipes import Recipe
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-#: An ImageFolder with at most this many image files is scanned for unreadable files when it is opened
-#: (recipe key check_images unset): decoding this many small images takes seconds, not minutes.
+#: An ImageFolder of at most this many image files and bytes is scanned for unreadable files when it is
+#: opened (recipe key check_images unset): seconds, not minutes. Measured on 2 busy cores: 0.09 ms per
+#: 32x32 PNG (20k: ~2 s), 0.55 ms per 224x224 JPEG (decoded at 1/8 scale), ~15 ms per MB of PNG.
 CHECK_IMAGES_MAX_FILES = 20_000
+CHECK_IMAGES_MAX_BYTES = 256 * 1024**2
 #: Largest class index a label may hold (a head of more classes is refused by the model limits anyway).
 MAX_LABEL = int(MODEL_LIMITS["num_classes"]) - 1
 #: Pixel values converted per chunk (bounds the temporaries of the float -> uint8 conversion).
@@ -246,7 +248,8 @@ class FolderSource(ImageSource):
 
     Unreadable files are found up front when ``bad_images`` is "skip" (they are left out, with a
     warning) or when the folder is scanned (``check_images``; None: folders of at most
-    CHECK_IMAGES_MAX_FILES files): with "error" they are then all listed before anything trains.
+    CHECK_IMAGES_MAX_FILES files and CHECK_IMAGES_MAX_BYTES): with "error" they are then all listed
+    before anything trains.
     """
 
     def __init__(self, root: Path, bad_images: str = "error", check_images: bool | None = None) -> None:
@@ -260,7 +263,9 @@ class FolderSource(ImageSource):
                     files.append(path)
                     labels.append(label)
         if check_images is None:
-            check_images = len(files) <= CHECK_IMAGES_MAX_FILES
+            check_images = len(files) <= CHECK_IMAGES_MAX_FILES and (
+                sum(p.stat().st_size for p in files) <= CHECK_IMAGES_MAX_BYTES
+            )
         if bad_images == "skip" or check_images:
             problems = [(i, why) for i, p in enumerate(files) if (why := image_problem(p)) is not None]
             if problems and bad_images != "skip":
@@ -293,6 +298,7 @@ def image_problem(path: Path) -> str | None:
     """Why the image file at ``path`` cannot be decoded, or None when it can."""
     try:
         with Image.open(path) as img:
+            img.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, ~2.5x faster; still reads every byte
             img.load()
         return None
     except Exception as exc:

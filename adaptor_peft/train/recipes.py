@@ -164,7 +164,7 @@ class Recipe:
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 (augment=timm)
     re_prob: float = 0.0  # random erasing (augment=timm)
     bad_images: str = "error"  # error | skip (unreadable images in an ImageFolder)
-    check_images: bool | None = None  # decode every ImageFolder file up front; None: folders <= 20k files
+    check_images: bool | None = None  # decode ImageFolder files up front; None: <= 20k files and 256 MB
     nonfinite_pixels: str | float = "error"  # error | a 0-255 value replacing NaN/Inf pixels of array data
     num_workers: int = 0
     # --- optimisation ------------------------------------------------------------------------

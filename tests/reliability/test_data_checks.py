@@ -315,6 +315,13 @@ def test_folder_scan_default_bound(folder_with_one_corrupt_png, monkeypatch):
         open_source(root, check_images=True)
     monkeypatch.setattr(data_mod, "CHECK_IMAGES_MAX_FILES", 13)
     assert bad in open_source(root, check_images=False).files
+    assert data_mod.CHECK_IMAGES_MAX_BYTES == 256 * 1024**2
+    size = sum(p.stat().st_size for p in root.rglob("*.png"))
+    monkeypatch.setattr(data_mod, "CHECK_IMAGES_MAX_BYTES", size)  # at the byte bound: scanned
+    with pytest.raises(DataError, match="1 unreadable image"):
+        open_source(root)
+    monkeypatch.setattr(data_mod, "CHECK_IMAGES_MAX_BYTES", size - 1)  # above it: not scanned
+    assert bad in open_source(root).files
 
 
 # --- predict --skip-bad -------------------------------------------------------------------------------
