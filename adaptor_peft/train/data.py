@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 #: An ImageFolder of at most this many image files and bytes is scanned for unreadable files when it is
-#: opened (recipe key check_images unset): seconds, not minutes. Measured on 2 busy cores: 0.09 ms per
-#: 32x32 PNG (20k: ~2 s), 0.55 ms per 224x224 JPEG (decoded at 1/8 scale), ~15 ms per MB of PNG.
+#: opened (recipe key check_images unset): seconds, not minutes. Measured on 2 cores at load 8 (a
+#: quarter core): 0.1 ms per 32x32 PNG, 0.5-1 ms per 224x224 JPEG (decoded at 1/8 scale), 7-55 ms per
+#: MB; at the bound at most ~20 s there, a few seconds on an idle core.
 CHECK_IMAGES_MAX_FILES = 20_000
 CHECK_IMAGES_MAX_BYTES = 256 * 1024**2
 #: Largest class index a label may hold (a head of more classes is refused by the model limits anyway).
@@ -134,6 +135,8 @@ def checked_labels(y: Any, source: str) -> np.ndarray:
             f"{source}: label {_label_text(y[0])} at index 0 is not a class index (labels have dtype "
             f"{y.dtype}); store labels as integers 0..C-1 (npz: class names go in a 'classes' array)"
         )
+    if kind in "iu" and y.min() >= 0 and y.max() <= MAX_LABEL:  # the common case, without temporaries
+        return y.astype(np.int64, copy=False)
     with np.errstate(invalid="ignore"):
         if kind == "f":
             whole = np.isfinite(y) & (y == np.floor(y))
@@ -153,7 +156,7 @@ def checked_labels(y: Any, source: str) -> np.ndarray:
             f"{source}: label {_label_text(value)} at index {i} is {why}; labels must be integer class "
             f"indices 0..C-1 ({int(bad.sum())} bad label(s))"
         )
-    return y.astype(np.int64)
+    return y.astype(np.int64, copy=False)
 
 
 def pixels_to_uint8(x: np.ndarray, source: str, nonfinite_pixels: str | float = "error") -> np.ndarray:
