@@ -177,3 +177,34 @@ def test_seeded_augmentation_is_per_sample_and_epoch(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)
     ds.set_epoch(1)
     assert not torch.equal(ds[2][0], a)
+
+
+def test_hf_labels_and_float_pixels_are_checked(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import pyarrow as pa
+
+    def save(name, features, columns):
+        info = datasets.DatasetInfo(features=features)
+        table = pa.table(columns).cast(features.arrow_schema)
+        datasets.Dataset(table, info=info, fingerprint=name).save_to_disk(str(tmp_path / name))
+        return tmp_path / name
+
+    pixels = datasets.Array2D(shape=(2, 2), dtype="float32")
+    # string labels: refused naming the directory, column, index and value (before any cast)
+    path = save(
+        "strings",
+        datasets.Features({"pixel_values": pixels, "label": datasets.Value("string")}),
+        {"pixel_values": [[[0.0, 1.0], [2.0, 3.0]]] * 2, "label": ["0", "cat"]},
+    )
+    with pytest.raises(DataError, match=rf"{path} column 'label': label '0' at index 0 is not a class index"):
+        open_source(path)
+    # float array pixels: whole 0-255 values are read exactly; 0-1 fractions are refused when loaded
+    path = save(
+        "floats",
+        datasets.Features({"pixel_values": pixels, "label": datasets.Value("int64")}),
+        {"pixel_values": [[[0.0, 17.0], [254.0, 255.0]], [[0.0, 0.5], [1.0, 1.0]]], "label": [0, 1]},
+    )
+    src = open_source(path)
+    np.testing.assert_array_equal(src.load(0), np.array([[0, 17], [254, 255]], np.uint8))
+    with pytest.raises(DataError, match=rf"{path}: row 1 of column 'pixel_values' holds the pixel value 0.5"):
+        src.load(1)
