@@ -371,6 +371,7 @@ class HFDiskSource(ImageSource):
                     "float array columns are read as whole 0-255 values: store uint8 images (or an Image "
                     "feature)"
                 )
+            return pixels.astype(np.uint8)  # not pixels_to_uint8: a 0/1 row would be scaled to 0/255
         return pixels_to_uint8(pixels, f"{self.source} row {index}")
 
 

@@ -202,9 +202,17 @@ def test_hf_labels_and_float_pixels_are_checked(tmp_path):
     path = save(
         "floats",
         datasets.Features({"pixel_values": pixels, "label": datasets.Value("int64")}),
-        {"pixel_values": [[[0.0, 17.0], [254.0, 255.0]], [[0.0, 0.5], [1.0, 1.0]]], "label": [0, 1]},
+        {
+            "pixel_values": [
+                [[0.0, 17.0], [254.0, 255.0]],
+                [[0.0, 0.5], [1.0, 1.0]],
+                [[0.0, 1.0], [1.0, 0.0]],
+            ],
+            "label": [0, 1, 1],
+        },
     )
     src = open_source(path)
     np.testing.assert_array_equal(src.load(0), np.array([[0, 17], [254, 255]], np.uint8))
+    np.testing.assert_array_equal(src.load(2), np.array([[0, 1], [1, 0]], np.uint8))  # 0-255 values, as is
     with pytest.raises(DataError, match=rf"{path}: row 1 of column 'pixel_values' holds the pixel value 0.5"):
         src.load(1)
