@@ -113,6 +113,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="report unreadable images (stderr; --json: rows with an 'error' field) and go on",
+    )
 
     p = sub.add_parser(
         "quickstart",
@@ -200,16 +205,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from adaptor_peft.train.inference import image_files, load_trained, predict_files
+    from adaptor_peft.train.inference import image_files, iter_predictions, load_trained
 
     trained = load_trained(args.run, args.weights, args.base, allow_base_mismatch=args.allow_base_mismatch)
-    for row in predict_files(trained, image_files(args.images), args.topk):
-        if args.json:
+    files = image_files(args.images)
+    bad = 0
+    for row in iter_predictions(trained, files, args.topk, skip_bad=args.skip_bad):
+        if "error" in row:  # only with --skip-bad
+            bad += 1
+            print(f"warning: skipped {row['file']}: {row['error']}", file=sys.stderr)
+            if args.json:
+                print(json.dumps(row))
+        elif args.json:
             print(json.dumps(row))
         else:
             top = "  ".join(f"{c} {p:.3f}" for c, p in row["top"])
             print(f"{row['file']}: {top}")
-    return 0
+    if bad:
+        print(f"warning: {bad} of {len(files)} image(s) could not be read", file=sys.stderr)
+    return 1 if bad == len(files) else 0
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:

@@ -58,10 +58,15 @@ def build_sources(recipe: Recipe) -> tuple[ImageSource, ImageSource | None]:
     """Training and evaluation sources (train_limit subset, val_fraction hold-out)."""
     if recipe.train_data is None:
         raise RecipeError("recipe key 'train_data' is not set (a .npz, ImageFolder dir or datasets dir)")
-    train = open_source(resolve_path(recipe.train_data), recipe.train_split, recipe.bad_images)
+    checks = dict(
+        bad_images=recipe.bad_images,
+        check_images=recipe.check_images,
+        nonfinite_pixels=recipe.nonfinite_pixels,
+    )
+    train = open_source(resolve_path(recipe.train_data), recipe.train_split, **checks)
     evals = None
     if recipe.eval_data is not None:
-        evals = open_source(resolve_path(recipe.eval_data), recipe.eval_split or "test", recipe.bad_images)
+        evals = open_source(resolve_path(recipe.eval_data), recipe.eval_split or "test", **checks)
     elif recipe.val_fraction > 0:
         keep, hold = split_holdout(train.labels, recipe.val_fraction, recipe.seed)
         train, evals = SubsetSource(train, keep), SubsetSource(train, hold)
@@ -84,9 +89,12 @@ class TrainData:
     total_steps: int
 
 
-def build_data(recipe: Recipe, num_processes: int) -> TrainData:
-    """Open the sources, check their labels and build the loaders (not yet prepared by accelerate)."""
-    train_src, eval_src = build_sources(recipe)
+def build_data(
+    recipe: Recipe, num_processes: int, sources: tuple[ImageSource, ImageSource | None] | None = None
+) -> TrainData:
+    """Open the sources (or take ``sources``, from build_sources), check their labels and build the
+    loaders (not yet prepared by accelerate)."""
+    train_src, eval_src = sources if sources is not None else build_sources(recipe)
     num_classes = recipe.num_classes or len(train_src.classes)
     train_src.check_labels(num_classes)
     classes = train_src.classes[:num_classes] + [str(i) for i in range(len(train_src.classes), num_classes)]

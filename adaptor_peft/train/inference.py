@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -413,13 +414,25 @@ def image_files(inputs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def predict_files(
+    trained: TrainedModel, files: list[Path], topk: int = 5, skip_bad: bool = False
+) -> list[dict[str, Any]]:
+    """Top-k (class, probability) for each image file; see iter_predictions for ``skip_bad``."""
+    return list(iter_predictions(trained, files, topk, skip_bad))
+
+
 @torch.no_grad()
-def predict_files(trained: TrainedModel, files: list[Path], topk: int = 5) -> list[dict[str, Any]]:
-    """Top-k (class, probability) for each image file."""
+def iter_predictions(
+    trained: TrainedModel, files: list[Path], topk: int = 5, skip_bad: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Yield {"file", "top": [(class, probability)]} per image as it is predicted.
+
+    An unreadable file raises DataError naming it and ``--skip-bad``; with ``skip_bad`` it yields
+    {"file", "error"} instead and goes on.
+    """
     from PIL import Image
 
     pre = Preprocess(trained.recipe, train=False)
-    out = []
     k = min(topk, len(trained.classes))
     for path in files:
         try:
@@ -427,13 +440,16 @@ def predict_files(trained: TrainedModel, files: list[Path], topk: int = 5) -> li
                 img.load()
                 x = pre(img.copy())
         except Exception as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
+            why = " ".join(str(exc).replace(f" '{path}'", "").split()) or type(exc).__name__
+            if skip_bad:
+                yield {"file": str(path), "error": f"cannot read image: {why}"}
+                continue
+            raise DataError(
+                f"cannot read image {path}: {why}; pass --skip-bad to report unreadable images and go on"
+            ) from None
         probs = trained.model(x[None]).float().softmax(dim=1)[0]
         values, idx = probs.topk(k)
-        out.append(
-            {
-                "file": str(path),
-                "top": [(trained.classes[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())],
-            }
-        )
-    return out
+        yield {
+            "file": str(path),
+            "top": [(trained.classes[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())],
+        }

@@ -164,6 +164,8 @@ class Recipe:
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 (augment=timm)
     re_prob: float = 0.0  # random erasing (augment=timm)
     bad_images: str = "error"  # error | skip (unreadable images in an ImageFolder)
+    check_images: bool | None = None  # decode ImageFolder files up front; None: <= 20k files and 256 MB
+    nonfinite_pixels: str | float = "error"  # error | a 0-255 value replacing NaN/Inf pixels of array data
     num_workers: int = 0
     # --- optimisation ------------------------------------------------------------------------
     epochs: float = 1.0
@@ -219,6 +221,9 @@ class Recipe:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise bad(key, "must be >= 1")
+        fill = self.nonfinite_pixels
+        if fill != "error" and (isinstance(fill, str) or not 0 <= fill <= 255 or fill != round(fill)):
+            raise bad("nonfinite_pixels", "must be 'error' or a whole pixel value in [0, 255]")
         if self.num_workers < 0:
             raise bad("num_workers", "must be >= 0")
         for key in ["lr", "weight_decay", "label_smoothing", "warmup_fraction", "min_lr_ratio", "epochs"]:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..adaptors import TrainableReport, trainable_report
 from ..atomic import atomic_write_text
 from .booster import booster_param_groups
-from .build import TrainData, build_data, build_model
+from .build import TrainData, build_data, build_model, build_sources
 from .checkpointing import (
     CKPT_DIR,
     find_resumable,
@@ -34,7 +34,7 @@ from .checkpointing import (
     save_checkpoint,
     sweep_temp_files,
 )
-from .data import DataError
+from .data import DataError, ImageSource
 from .methods import Method, get_method, head_param_names
 from .metrics import ClassificationMeter
 from .recipes import Recipe, RecipeError, load_recipe
@@ -69,6 +69,7 @@ class ResumeMismatchError(RunDirError):
 #: Recipe keys a resume may change: they extend the run or only change how it reports itself.
 RESUME_MAY_CHANGE = frozenset(
     {"max_steps", "epochs", "resume", "overwrite", "output_dir", "progress", "plot", "num_workers", "name"}
+    | {"check_images"}  # only when unreadable images are found, not which images train
 )
 
 
@@ -686,9 +687,12 @@ def start_run(recipe: Recipe) -> TrainingRun:
     t_start = time.time()
     accelerator = fresh_accelerator(recipe.cpu, recipe.mixed_precision, recipe.grad_accum)
     run_dir = Path(recipe.output_dir)
+    # The data is opened (and checked: unreadable images, NaN pixels, labels) before the run directory
+    # is created or locked, so bad data leaves no half-started run behind.
+    sources = build_sources(recipe)
     lock = _claim_run_dir(accelerator, run_dir, recipe)
     try:
-        return _start_run(recipe, accelerator, run_dir, lock, t_start)
+        return _start_run(recipe, accelerator, run_dir, lock, t_start, sources)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -725,7 +729,12 @@ def _claim_run_dir(accelerator: Accelerator, run_dir: Path, recipe: Recipe) -> R
 
 
 def _start_run(
-    recipe: Recipe, accelerator: Accelerator, run_dir: Path, lock: RunDirLock | None, t_start: float
+    recipe: Recipe,
+    accelerator: Accelerator,
+    run_dir: Path,
+    lock: RunDirLock | None,
+    t_start: float,
+    sources: tuple[ImageSource, ImageSource | None],
 ) -> TrainingRun:
     from accelerate.utils import set_seed
 
@@ -733,7 +742,7 @@ def _start_run(
     if accelerator.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    data = build_data(recipe, accelerator.num_processes)
+    data = build_data(recipe, accelerator.num_processes, sources)
     method = get_method(recipe.method)
     model = method.prepare(build_model(recipe, data.num_classes), recipe)
     report = _trainable_report(model)

@@ -76,15 +76,31 @@ def _bad_file_pattern(root) -> str:
 
 def test_bad_images_error_setting_names_the_file(folder_with_bad_images, tmp_path):
     root = folder_with_bad_images
-    src = open_source(root, bad_images="error")
+    names = _bad_file_pattern(root)
+    # scanned when opened (a small folder): all five listed at once, with the setting that skips them
+    with pytest.raises(DataError) as info:
+        open_source(root, bad_images="error")
+    message = str(info.value)
+    assert message.startswith(f"{root}: 5 unreadable image(s): ") and "\n" not in message
+    assert len(re.findall(names, message)) == 5, message
+    assert message.endswith("; set bad_images=skip to leave unreadable images out (or fix or remove them)")
+    # without the scan each is found when it loads, and that error names the setting too
+    src = open_source(root, bad_images="error", check_images=False)
     assert len(src) == 37
     for i, path in enumerate(src.files):
         if path.name in {p.split("/")[1] for p in BAD_FILES}:
-            with pytest.raises(DataError, match=rf"cannot read image {re.escape(str(path))}: "):
+            with pytest.raises(
+                DataError, match=rf"cannot read image {re.escape(str(path))}: .*bad_images=skip"
+            ):
                 src.load(i)
+    # training: refused before the run directory is created, so nothing needs overwrite=true after
     out = tmp_path / "run"
-    with pytest.raises(DataError, match=r"cannot read image " + _bad_file_pattern(root)):
+    with pytest.raises(DataError, match=rf"{re.escape(str(root))}: 5 unreadable image\(s\): {names} "):
         train(make_recipe((root, None), out, eval_data=None, batch_size=32, max_steps=2))
+    assert not out.exists()
+    # check_images=false: met mid-training (the old behaviour), the message names bad_images=skip
+    with pytest.raises(DataError, match=r"cannot read image " + names + r": .*; set bad_images=skip"):
+        train(make_recipe((root, None), out, eval_data=None, batch_size=32, max_steps=2, check_images=False))
     assert not (out / "result.json").exists()
     assert_clean_run_dir(out)
 
@@ -122,21 +138,27 @@ def test_folder_without_class_subfolders(tmp_path):
 # --- labels outside the head ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("bad_label", "where"), [(7, "train"), (-1, "train"), (4, "eval")])
-def test_label_outside_the_head(toy_data, tmp_path, bad_label, where):
+@pytest.mark.parametrize(
+    ("bad_label", "where", "why"),
+    [
+        (7, "train", r"is outside the model head \(num_classes=4\)"),
+        (-1, "train", r"is negative; labels must be integer class indices 0\.\.C-1"),
+        (4, "eval", r"is outside the model head \(num_classes=4\)"),
+    ],
+)
+def test_label_outside_the_head(toy_data, tmp_path, bad_label, where, why):
     x, y = toy_images(24, num_classes=4, size=12, seed=5)
     y[13] = bad_label
     bad = tmp_path / f"{where}_bad.npz"
     np.savez(bad, x=x, y=y)
     data = (bad, toy_data[1]) if where == "train" else (toy_data[0], bad)
     out = tmp_path / "run"
-    with pytest.raises(
-        DataError,
-        match=rf"{re.escape(str(bad))}: label {bad_label} at index 13 is outside the model head "
-        r"\(num_classes=4\)",
-    ):
+    with pytest.raises(DataError, match=rf"{re.escape(str(bad))}: label {bad_label} at index 13 {why}"):
         train(make_recipe(data, out, num_classes=4))
-    assert_clean_run_dir(out)
+    if bad_label < 0:  # never a class index: refused when the data is opened, before the run dir exists
+        assert not out.exists()
+    else:  # depends on the head size, known once the run is set up
+        assert_clean_run_dir(out)
 
 
 def test_image_folder_with_more_classes_than_the_head(folder_with_bad_images, tmp_path):

@@ -59,9 +59,11 @@ def test_image_folder_classes_and_unreadable_image(tmp_path):
     assert np.asarray(src.load(3)).shape == (10, 12)
     bad = tmp_path / "dog" / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    src = open_source(tmp_path)
+    with pytest.raises(DataError, match=rf"1 unreadable image\(s\): {bad} .*; set bad_images=skip"):
+        open_source(tmp_path)  # small folders are scanned when opened
+    src = open_source(tmp_path, check_images=False)  # no scan: found when loaded, with the same hint
     idx = src.files.index(bad)
-    with pytest.raises(DataError, match=f"cannot read image {bad}"):
+    with pytest.raises(DataError, match=f"cannot read image {bad}: .*; set bad_images=skip"):
         src.load(idx)
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
         src = open_source(tmp_path, bad_images="skip")
@@ -175,3 +177,42 @@ def test_seeded_augmentation_is_per_sample_and_epoch(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)
     ds.set_epoch(1)
     assert not torch.equal(ds[2][0], a)
+
+
+def test_hf_labels_and_float_pixels_are_checked(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import pyarrow as pa
+
+    def save(name, features, columns):
+        info = datasets.DatasetInfo(features=features)
+        table = pa.table(columns).cast(features.arrow_schema)
+        datasets.Dataset(table, info=info, fingerprint=name).save_to_disk(str(tmp_path / name))
+        return tmp_path / name
+
+    pixels = datasets.Array2D(shape=(2, 2), dtype="float32")
+    # string labels: refused naming the directory, column, index and value (before any cast)
+    path = save(
+        "strings",
+        datasets.Features({"pixel_values": pixels, "label": datasets.Value("string")}),
+        {"pixel_values": [[[0.0, 1.0], [2.0, 3.0]]] * 2, "label": ["0", "cat"]},
+    )
+    with pytest.raises(DataError, match=rf"{path} column 'label': label '0' at index 0 is not a class index"):
+        open_source(path)
+    # float array pixels: whole 0-255 values are read exactly; 0-1 fractions are refused when loaded
+    path = save(
+        "floats",
+        datasets.Features({"pixel_values": pixels, "label": datasets.Value("int64")}),
+        {
+            "pixel_values": [
+                [[0.0, 17.0], [254.0, 255.0]],
+                [[0.0, 0.5], [1.0, 1.0]],
+                [[0.0, 1.0], [1.0, 0.0]],
+            ],
+            "label": [0, 1, 1],
+        },
+    )
+    src = open_source(path)
+    np.testing.assert_array_equal(src.load(0), np.array([[0, 17], [254, 255]], np.uint8))
+    np.testing.assert_array_equal(src.load(2), np.array([[0, 1], [1, 0]], np.uint8))  # 0-255 values, as is
+    with pytest.raises(DataError, match=rf"{path}: row 1 of column 'pixel_values' holds the pixel value 0.5"):
+        src.load(1)
