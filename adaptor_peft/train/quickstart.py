@@ -6,11 +6,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .recipes import ASSETS_DIR, load_recipe
+from ..shipped import ASSETS_DIR, SHIPPED_BASE
+from .recipes import load_recipe
 from .trainer import TrainResult, train
 
 QUICKSTART_RECIPE = ASSETS_DIR / "quickstart.yaml"
-DEFAULT_CHECKPOINT = ASSETS_DIR / "vmamba_fmnist_d32.safetensors"
+DEFAULT_CHECKPOINT = ASSETS_DIR / SHIPPED_BASE
 
 
 def _size(path: Path) -> str:

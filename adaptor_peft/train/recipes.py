@@ -28,10 +28,8 @@ from ..limits import (
     check_adaptor_limits,
     check_model_limits,
 )
+from ..shipped import ASSET_PREFIX, ASSETS_DIR  # noqa: F401  (ASSETS_DIR: re-exported for callers)
 
-#: Recipe-path prefix for files shipped in the package (``asset:mnist_train.npz``).
-ASSET_PREFIX = "asset:"
-ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 #: Where ``recipes/`` lives in a source checkout (recipes may be named without a path: ``quickstart``).
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
