@@ -498,8 +498,8 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "metrics-top4",
         MET,
-        "k = min(5, logits.shape[1])",
-        "k = min(4, logits.shape[1])",
+        "topk = logits.topk(TOP_K, dim=1).indices",
+        "topk = logits.topk(TOP_K - 1, dim=1).indices",
         "top-5 counts only the 4 best classes",
         [METRICS_ORACLE, TRAINER],
     ),

@@ -49,7 +49,7 @@ def run_quickstart(
     echo(f"accuracy before (frozen base + fresh linear head, 0 steps): {before:.2f}%")
     echo(
         f"accuracy after  ({result.steps} steps, held-out {result.final_eval['count']} images): {after:.2f}%"
-        f"  (top-5 {result.final_eval['top5']:.2f}%)"
+        + (f"  (top-5 {result.final_eval['top5']:.2f}%)" if "top5" in result.final_eval else "")
     )
     if report is not None:
         echo(

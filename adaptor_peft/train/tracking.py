@@ -45,7 +45,10 @@ class JsonlLog:
 def plot_curves(
     train_rows: list[dict], eval_rows: list[dict], path: str | os.PathLike, title: str = ""
 ) -> Path:
-    """Draw loss, accuracy and learning-rate curves into a PNG (matplotlib Agg), atomically."""
+    """Draw loss, accuracy and learning-rate curves into a PNG (matplotlib Agg), atomically.
+
+    Every evaluation row is a marker on the eval curves (top-5 only where the rows report it).
+    """
     import io
 
     import matplotlib
@@ -68,7 +71,8 @@ def plot_curves(
     ax = axes[1]
     ax.plot(*series(train_rows, "acc"), label="train top-1 (batches)")
     ax.plot(*series(eval_rows, "top1"), "o-", label="eval top-1")
-    ax.plot(*series(eval_rows, "top5"), "s--", label="eval top-5")
+    if any("top5" in r for r in eval_rows):  # reported only for more than 5 classes
+        ax.plot(*series(eval_rows, "top5"), "s--", label="eval top-5")
     ax.set_xlabel("step")
     ax.set_ylabel("%")
     ax.set_title("accuracy")

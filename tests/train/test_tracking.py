@@ -1,0 +1,135 @@
+"""Trackers (log_with), the default evaluation schedule and top-k reporting, on the tiny VMamba.
+
+The TensorBoard events are read back with tensorboardX's own protobuf (``Event``) over the TFRecord
+framing, decoded here from the format definition (u64 length, masked CRC-32C of it, the record, masked
+CRC-32C of the record), so the test shares no code with the writer or with accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from toy import TINY_VMAMBA
+
+from adaptor_peft.train.recipes import RecipeError, load_recipe
+from adaptor_peft.train.trainer import eval_interval, train
+
+
+def _recipe(toy_data, out, **over):
+    base = dict(
+        model=TINY_VMAMBA, method="adaptor", adaptor={"num_heads": 2, "num_points": 2, "dilations": [1, 2]},
+        train_data=str(toy_data[0]), eval_data=str(toy_data[1]), img_size=16, batch_size=8, max_steps=20,
+        lr=0.01, warmup_steps=2, weight_decay=0.01, log_every=5, progress=False, plot=False, seed=0,
+        clip_grad=1.0, output_dir=str(out),
+    )  # fmt: skip
+    base.update(over)
+    return load_recipe(base)
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bit by bit from its definition."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _records(path: Path) -> list[bytes]:
+    data, pos, out = path.read_bytes(), 0, []
+    while pos < len(data):
+        header = data[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (length_crc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+        assert length_crc == _masked(_crc32c(header)), f"{path}: bad length CRC at byte {pos}"
+        record = data[pos + 12 : pos + 12 + length]
+        (record_crc,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
+        assert record_crc == _masked(_crc32c(record)), f"{path}: bad record CRC at byte {pos}"
+        out.append(record)
+        pos += 16 + length
+    return out
+
+
+def _tensorboard_scalars(folder: Path) -> dict[tuple[str, int], float]:
+    """(tag, step) -> value of every scalar in the event files under ``folder``."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[tuple[str, int], float] = {}
+    files = sorted(folder.rglob("events.out.tfevents.*"))
+    assert files, f"no event files under {folder}"
+    for path in files:
+        for record in _records(path):
+            event = Event.FromString(record)
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    assert (value.tag, event.step) not in scalars, f"{value.tag} logged twice at {event.step}"
+                    scalars[(value.tag, event.step)] = value.simple_value
+    return scalars
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _expected(out: Path) -> dict[tuple[str, int], float]:
+    """The numeric fields of metrics.jsonl (train/...) and eval.jsonl (eval/...), as TensorBoard float32."""
+    want = {}
+    for prefix, name in (("train", "metrics.jsonl"), ("eval", "eval.jsonl")):
+        for row in _jsonl(out / name):
+            for key, value in row.items():
+                if key != "step" and isinstance(value, int | float) and value is not None:
+                    want[(f"{prefix}/{key}", row["step"])] = float(np.float32(value))
+    return want
+
+
+def test_tensorboard_events_hold_the_jsonl_scalars(toy_data, tmp_path):
+    out = tmp_path / "run"
+    result = train(_recipe(toy_data, out, log_with="tensorboard", eval_at_start=True))
+    assert result.steps == 20
+    # eval_every unset: about 10 points, every ceil(20 / 10) = 2 steps, and the one at step 0
+    assert [r["step"] for r in _jsonl(out / "eval.jsonl")] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    # 4 classes: no top-5 anywhere (it would be 100% by construction)
+    assert all("top5" not in r for r in _jsonl(out / "eval.jsonl"))
+    assert "top5" not in result.final_eval and json.loads((out / "result.json").read_text())["top5"] is None
+    got = _tensorboard_scalars(out / "tensorboard")
+    want = _expected(out)
+    assert {"train/loss", "train/acc", "train/lr", "train/grad_norm", "eval/top1", "eval/loss"} <= {
+        tag for tag, _ in want
+    }
+    assert sorted(got) == sorted(want)
+    assert got == want  # float32 values written as they were logged
+
+
+def test_jsonl_only_by_default_and_eval_every_zero_means_the_end_only(toy_data, tmp_path):
+    out = tmp_path / "run"
+    train(_recipe(toy_data, out, max_steps=4, eval_every=0))
+    assert [r["step"] for r in _jsonl(out / "eval.jsonl")] == [4]
+    assert not (out / "tensorboard").exists()
+
+
+def test_eval_interval_by_hand():
+    assert eval_interval(None, 300) == 30  # 30, 60, ..., 300: 10 points
+    assert eval_interval(None, 25) == 3  # 3, ..., 24 and the final 25: 9 points
+    assert eval_interval(None, 7) == 1
+    assert eval_interval(0, 300) == 0 and eval_interval(50, 300) == 50
+
+
+def test_missing_tensorboardx_is_refused_up_front(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # find_spec() says "not installed"
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(RecipeError, match=r"log_with.*pip install adaptor_peft\[tensorboard\]"):
+        load_recipe({"log_with": "tensorboard"})
+    with pytest.raises(RecipeError, match="log_with.*must be one of"):
+        load_recipe({"log_with": "wandb_online"})
+    with pytest.raises(RecipeError, match="eval_every"):
+        load_recipe({"eval_every": -1})
