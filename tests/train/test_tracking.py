@@ -133,3 +133,20 @@ def test_missing_tensorboardx_is_refused_up_front(monkeypatch):
         load_recipe({"log_with": "wandb_online"})
     with pytest.raises(RecipeError, match="eval_every"):
         load_recipe({"eval_every": -1})
+
+
+def test_cli_prints_top5_only_where_reported(capsys):
+    from types import SimpleNamespace
+
+    from adaptor_peft.cli import _print_result
+
+    artefact = Path(__file__)  # any existing file: _print_result prints its size
+    for final, expected in (
+        ({"top1": 12.5, "top5": 50.0}, "eval top-1 12.50% top-5 50.00%"),
+        ({"top1": 12.5}, "eval top-1 12.50%\n"),
+    ):
+        _print_result(
+            SimpleNamespace(final_eval=final, steps=3, wall_time_s=1.0, artefact=artefact, plot=None)
+        )
+        out = capsys.readouterr().out
+        assert f"done: 3 steps in 1.0s, {expected}" in out
