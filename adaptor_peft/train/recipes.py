@@ -195,6 +195,8 @@ class Recipe:
     resume: bool = False
     log_every: int = 10
     eval_every: int | None = None  # steps; None = about 10 evaluations per run; 0 = at the end only
+    eval_limit: int | None = None  # periodic evaluations on a fixed stratified subset this large (step 0
+    # and the final evaluation always use all the eval data); None = all
     eval_at_start: bool = False  # evaluate at step 0 (the "before" accuracy)
     save_every: int | None = None  # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2
@@ -221,7 +223,7 @@ class Recipe:
             if getattr(self, key) not in allowed:
                 raise bad(key, f"must be one of {allowed}")
         positive = ["img_size", "batch_size", "grad_accum", "log_every", "keep_checkpoints"]
-        for key in positive + ["save_every", "max_steps", "eval_batch_size", "train_limit"]:
+        for key in positive + ["save_every", "max_steps", "eval_batch_size", "train_limit", "eval_limit"]:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise bad(key, "must be >= 1")

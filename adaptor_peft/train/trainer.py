@@ -75,7 +75,7 @@ class ResumeMismatchError(RunDirError):
 RESUME_MAY_CHANGE = frozenset(
     {
         "max_steps", "epochs", "resume", "overwrite", "output_dir", "progress", "plot", "num_workers", "name",
-        "log_with",
+        "log_with", "eval_limit",
     }
 )  # fmt: skip
 
@@ -495,8 +495,11 @@ class TrainingRun:
                 shutil.rmtree(self.run_dir / TRACKER_DIR, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         if self.recipe.log_with != "jsonl":
-            # a resumed run hides the events logged after its checkpoint (they are logged again)
-            init_kwargs = {"tensorboard": {"purge_step": self.step + 1}} if self.step else {}
+            # A file name of its own (the writer names files by the second, so a resume within the same
+            # second would overwrite the earlier file); a resumed run hides the events logged after its
+            # checkpoint (they are logged again).
+            writer = {"filename_suffix": f".{time.time_ns()}"}
+            init_kwargs = {"tensorboard": {**writer, "purge_step": self.step + 1} if self.step else writer}
             self.accelerator.init_trackers(TRACKER_DIR, tracker_config(self.recipe), init_kwargs)
             self.tracking = True
 
@@ -512,16 +515,18 @@ class TrainingRun:
                 tracker.finish()
         self.tracking = False
 
-    def run_eval(self, at_step: int) -> dict[str, Any] | None:
-        """Evaluate on the eval data (None without any) and append the row to the eval log."""
+    def run_eval(self, at_step: int, periodic: bool = False) -> dict[str, Any] | None:
+        """Evaluate on the eval data (None without any; ``periodic``: the eval_limit subset if there is one)
+        and append the row to the eval log."""
         if self.data.eval_dl is None:
             return None
-        result = evaluate(self.model, self.data.eval_dl, self.accelerator, self.data.num_classes)
+        loader = self.data.eval_dl
+        if periodic and self.data.periodic_eval_dl is not None:
+            loader = self.data.periodic_eval_dl
+        result = evaluate(self.model, loader, self.accelerator, self.data.num_classes)
         if self.main:
-            row = {
-                "step": at_step,
-                **{k: result[k] for k in ("top1", "top5", "loss", "per_class") if k in result},
-            }
+            keys = ("top1", "top5", "loss", "count", "per_class")
+            row = {"step": at_step, **{k: result[k] for k in keys if k in result}}
             self.eval_log.append(row)
             self.track("eval", row)
         return result
@@ -630,7 +635,7 @@ class TrainingRun:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 self.window, t_window = _Window(), time.time()
             if eval_every and step % eval_every == 0 and step != total_steps:
-                last_eval = self.run_eval(step)
+                last_eval = self.run_eval(step, periodic=True)
             if recipe.save_every and step % recipe.save_every == 0 and step != total_steps:
                 self.checkpoint(step)
             if step_file:
@@ -777,6 +782,8 @@ def _start_run(
     model, optimizer, data.train_dl = accelerator.prepare(model, optimizer, data.train_dl)
     if data.eval_dl is not None:
         data.eval_dl = accelerator.prepare(data.eval_dl)
+    if data.periodic_eval_dl is not None:
+        data.periodic_eval_dl = accelerator.prepare(data.periodic_eval_dl)
     return TrainingRun(
         recipe=recipe,
         accelerator=accelerator,

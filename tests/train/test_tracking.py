@@ -61,15 +61,19 @@ def _records(path: Path) -> list[bytes]:
 
 
 def _tensorboard_scalars(folder: Path) -> dict[tuple[str, int], float]:
-    """(tag, step) -> value of every scalar in the event files under ``folder``."""
-    from tensorboardX.proto.event_pb2 import Event
+    """(tag, step) -> value of every scalar in the event files under ``folder``, files in the order they
+    were started; a SessionLog START at step S (a writer's ``purge_step``) drops what earlier files logged
+    at steps >= S, as TensorBoard's reader does after a restart."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-    scalars: dict[tuple[str, int], float] = {}
     files = sorted(folder.rglob("events.out.tfevents.*"))
     assert files, f"no event files under {folder}"
-    for path in files:
-        for record in _records(path):
-            event = Event.FromString(record)
+    events = [[Event.FromString(r) for r in _records(path)] for path in files]
+    scalars: dict[tuple[str, int], float] = {}
+    for file_events in sorted(events, key=lambda evs: evs[0].wall_time):
+        for event in file_events:
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                scalars = {key: v for key, v in scalars.items() if key[1] < event.step}
             for value in event.summary.value:
                 if value.HasField("simple_value"):
                     assert (value.tag, event.step) not in scalars, f"{value.tag} logged twice at {event.step}"
@@ -110,11 +114,47 @@ def test_tensorboard_events_hold_the_jsonl_scalars(toy_data, tmp_path):
     assert got == want  # float32 values written as they were logged
 
 
+def test_tensorboard_after_a_resume_holds_each_step_once(toy_data, tmp_path, monkeypatch):
+    """Killed before the step-4 checkpoint (steps 3-4 already logged), resumed from step 2: the events
+    logged after the checkpoint are purged, so the tracker again holds exactly the jsonl logs."""
+    from adaptor_peft.train import trainer as trainer_mod
+
+    out, real_save = tmp_path / "run", trainer_mod.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def die_at_4(accelerator, run_dir, step, *args, **kwargs):
+        if step == 4:
+            raise Killed
+        return real_save(accelerator, run_dir, step, *args, **kwargs)
+
+    kw = dict(max_steps=6, log_every=1, eval_every=3, save_every=2, log_with="tensorboard")
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", die_at_4)
+    with pytest.raises(Killed):
+        train(_recipe(toy_data, out, **kw))
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    train(_recipe(toy_data, out, resume=True, **kw))
+    assert [r["step"] for r in _jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    got = _tensorboard_scalars(out / "tensorboard")
+    assert got == _expected(out)
+
+
 def test_jsonl_only_by_default_and_eval_every_zero_means_the_end_only(toy_data, tmp_path):
     out = tmp_path / "run"
     train(_recipe(toy_data, out, max_steps=4, eval_every=0))
     assert [r["step"] for r in _jsonl(out / "eval.jsonl")] == [4]
     assert not (out / "tensorboard").exists()
+
+
+def test_eval_limit_bounds_periodic_evaluations_only(toy_data, tmp_path):
+    """eval_limit=8 of 24 eval images: the step-0 and final evaluations use all 24, the periodic one 8."""
+    out = tmp_path / "run"
+    result = train(_recipe(toy_data, out, max_steps=4, eval_every=2, eval_at_start=True, eval_limit=8))
+    evals = _jsonl(out / "eval.jsonl")
+    assert [(r["step"], r["count"]) for r in evals] == [(0, 24), (2, 8), (4, 24)]
+    assert all(acc is not None for acc in evals[1]["per_class"])  # stratified: 2 images of each class
+    assert result.final_eval["count"] == 24 and result.initial_eval["count"] == 24
 
 
 def test_eval_interval_by_hand():
