@@ -57,6 +57,11 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    counts = sorted({r["count"] for r in eval_rows if r.get("count")})
+    # periodic evaluations on an eval_limit subset: say so, the curve mixes two sample sizes
+    if len(counts) > 1:
+        note = f"evaluations between the first and the last on {counts[0]} of the {counts[-1]} eval images"
+        title = f"{title}  ({note})" if title else note
 
     def series(rows: list[dict], key: str) -> tuple[list, list]:
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None and math.isfinite(r[key])]

@@ -190,3 +190,26 @@ def test_cli_prints_top5_only_where_reported(capsys):
         )
         out = capsys.readouterr().out
         assert f"done: 3 steps in 1.0s, {expected}" in out
+
+
+def test_curves_draw_every_evaluation_and_top5_only_where_logged(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from adaptor_peft.train.tracking import plot_curves
+
+    drawn: dict[str, tuple[list, list]] = {}
+    real_plot = matplotlib.axes.Axes.plot
+
+    def record(self, *args, **kwargs):
+        drawn[kwargs.get("label", "")] = (list(args[0]), list(args[1])) if len(args) >= 2 else ([], [])
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    train_rows = [{"step": s, "loss": 1.0 / s, "acc": 10.0 * s, "lr": 0.1} for s in (5, 10, 15, 20)]
+    eval_rows = [{"step": s, "top1": 5.0 * s, "loss": 2.0 - s / 20, "count": 24} for s in range(0, 21, 2)]
+    plot_curves(train_rows, eval_rows, tmp_path / "a.png")
+    assert drawn["eval top-1"] == (list(range(0, 21, 2)), [5.0 * s for s in range(0, 21, 2)])
+    assert len(drawn["eval loss"][0]) == 11 and "eval top-5" not in drawn
+    drawn.clear()
+    plot_curves(train_rows, [dict(r, top5=50.0) for r in eval_rows], tmp_path / "b.png")
+    assert drawn["eval top-5"] == (list(range(0, 21, 2)), [50.0] * 11)
