@@ -229,9 +229,6 @@ class Recipe:
                 raise bad(key, "must be >= 1")
         if self.eval_every is not None and self.eval_every < 0:
             raise bad("eval_every", "must be >= 1 (steps), 0 (only at the end) or null (about 10 per run)")
-        missing = LOG_WITH[self.log_with]
-        if missing and all(importlib.util.find_spec(m) is None for m in missing):
-            raise bad("log_with", f"needs {' or '.join(missing)}: pip install adaptor_peft[{self.log_with}]")
         if self.num_workers < 0:
             raise bad("num_workers", "must be >= 0")
         for key in ["lr", "weight_decay", "label_smoothing", "warmup_fraction", "min_lr_ratio", "epochs"]:
@@ -262,6 +259,16 @@ class Recipe:
         except ValueError as exc:
             raise RecipeError(str(exc)) from None
         return self
+
+    def check_tracker(self) -> None:
+        """Raise RecipeError when ``log_with`` needs a package that is not installed (checked by ``train``
+        before anything is built; evaluating a finished run does not need it)."""
+        needs = LOG_WITH[self.log_with]
+        if needs and all(importlib.util.find_spec(m) is None for m in needs):
+            raise RecipeError(
+                f"recipe key 'log_with' = {self.log_with!r} needs {' or '.join(needs)}: "
+                f"pip install adaptor_peft[{self.log_with}] (or log_with=jsonl)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data copy (for YAML/JSON)."""

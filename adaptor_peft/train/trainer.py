@@ -815,6 +815,7 @@ def train(
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         recipe = load_recipe(recipe.to_dict(), overrides)
+    recipe.check_tracker()
     run = start_run(recipe)
     try:
         if recipe.resume:

@@ -164,11 +164,13 @@ def test_eval_interval_by_hand():
     assert eval_interval(0, 300) == 0 and eval_interval(50, 300) == 50
 
 
-def test_missing_tensorboardx_is_refused_up_front(monkeypatch):
+def test_missing_tensorboardx_is_refused_up_front(toy_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # find_spec() says "not installed"
     monkeypatch.setitem(sys.modules, "tensorboard", None)
+    recipe = _recipe(toy_data, tmp_path / "run", log_with="tensorboard")  # loads: eval needs no tracker
     with pytest.raises(RecipeError, match=r"log_with.*pip install adaptor_peft\[tensorboard\]"):
-        load_recipe({"log_with": "tensorboard"})
+        train(recipe)
+    assert not (tmp_path / "run").exists()  # refused before the run directory was touched
     with pytest.raises(RecipeError, match="log_with.*must be one of"):
         load_recipe({"log_with": "wandb_online"})
     with pytest.raises(RecipeError, match="eval_every"):
