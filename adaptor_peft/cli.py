@@ -145,6 +145,8 @@ def _print_result(result: object) -> None:
     print(f"trained weights: {result.artefact} ({result.artefact.stat().st_size / 1024:.1f} KiB)")
     if result.plot:
         print(f"curves: {result.plot}")
+    if (result.run_dir / "tensorboard").is_dir():  # log_with=tensorboard
+        print(f"tensorboard events: {result.run_dir / 'tensorboard'}")
 
 
 def _topk_text(metrics: dict, sep: str) -> str:

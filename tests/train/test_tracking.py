@@ -177,7 +177,7 @@ def test_missing_tensorboardx_is_refused_up_front(toy_data, tmp_path, monkeypatc
         load_recipe({"eval_every": -1})
 
 
-def test_cli_prints_top5_only_where_reported(capsys):
+def test_cli_prints_top5_only_where_reported(capsys, tmp_path):
     from types import SimpleNamespace
 
     from adaptor_peft.cli import _print_result
@@ -187,11 +187,17 @@ def test_cli_prints_top5_only_where_reported(capsys):
         ({"top1": 12.5, "top5": 50.0}, "eval top-1 12.50% top-5 50.00%"),
         ({"top1": 12.5}, "eval top-1 12.50%\n"),
     ):
-        _print_result(
-            SimpleNamespace(final_eval=final, steps=3, wall_time_s=1.0, artefact=artefact, plot=None)
+        result = SimpleNamespace(
+            final_eval=final, steps=3, wall_time_s=1.0, artefact=artefact, plot=None, run_dir=artefact.parent
         )
+        _print_result(result)
         out = capsys.readouterr().out
         assert f"done: 3 steps in 1.0s, {expected}" in out
+        assert "tensorboard" not in out
+    (tmp_path / "tensorboard").mkdir()
+    _print_result(SimpleNamespace(final_eval=None, steps=3, wall_time_s=1.0, artefact=artefact, plot=None,
+                                  run_dir=tmp_path))  # fmt: skip
+    assert f"tensorboard events: {tmp_path / 'tensorboard'}" in capsys.readouterr().out
 
 
 def test_curves_draw_every_evaluation_and_top5_only_where_logged(tmp_path, monkeypatch):
