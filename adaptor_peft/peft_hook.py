@@ -67,7 +67,7 @@ class _RegisterAfterTimm(_RegisterAfterImport):
 
     def register(self) -> None:
         """Import the model modules (their ``@register_model`` entries register with timm)."""
-        importlib.import_module(TIMM_MODELS_MODULE)
+        _register_timm()
 
 
 class _RegisteringLoader(importlib.abc.Loader):
@@ -110,6 +110,20 @@ def _register() -> None:
         )
 
 
+def _register_timm() -> None:
+    # As for peft: a timm these models cannot work with must not break `import timm`; using
+    # adaptor_peft.create_model then raises the real error.
+    try:
+        importlib.import_module(TIMM_MODELS_MODULE)
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(
+            f"adaptor_peft could not register its VMamba models with timm "
+            f"{getattr(sys.modules.get('timm'), '__version__', '?')}: {type(exc).__name__}: {exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def install() -> None:
     """Register now if peft is imported already, else once it is (idempotent)."""
     if "peft" in sys.modules:
@@ -121,7 +135,7 @@ def install() -> None:
 def install_timm() -> None:
     """Register the model families with timm now if timm is imported already, else once it is."""
     if "timm" in sys.modules:
-        importlib.import_module(TIMM_MODELS_MODULE)
+        _register_timm()
     elif _TIMM_HOOK not in sys.meta_path:
         sys.meta_path.insert(0, _TIMM_HOOK)
 

@@ -127,3 +127,18 @@ def test_unknown_asset_names_the_shipped_files():
         adaptor_peft.create_model("asset:nope.safetensors")
     with pytest.raises(FileNotFoundError, match="no such shipped file"):
         adaptor_peft.create_model("asset:../recipes/quickstart.yaml")
+
+
+def test_a_failing_model_registration_warns_instead_of_breaking_timm():
+    out = _run(
+        """
+        import warnings, adaptor_peft.peft_hook as h
+        h.TIMM_MODELS_MODULE = "adaptor_peft.no_such_module"
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            import timm
+        print(timm.is_model("resnet18"), [str(x.message) for x in w if x.category is RuntimeWarning])
+        """
+    )
+    assert out.startswith("True [") and "could not register its VMamba models with timm" in out
+    assert "no_such_module" in out
