@@ -720,7 +720,9 @@ def start_run(recipe: Recipe) -> TrainingRun:
     t_start = time.time()
     run_dir = Path(recipe.output_dir)
     tracker = None if recipe.log_with == "jsonl" else recipe.log_with
-    accelerator = fresh_accelerator(recipe.cpu, recipe.mixed_precision, recipe.grad_accum, tracker, run_dir)
+    accelerator = fresh_accelerator(
+        recipe.cpu, recipe.mixed_precision, recipe.grad_accum, tracker, run_dir if tracker else None
+    )
     lock = _claim_run_dir(accelerator, run_dir, recipe)
     try:
         return _start_run(recipe, accelerator, run_dir, lock, t_start)
