@@ -162,6 +162,15 @@ def test_eval_interval_by_hand():
     assert eval_interval(None, 25) == 3  # 3, ..., 24 and the final 25: 9 points
     assert eval_interval(None, 7) == 1
     assert eval_interval(0, 300) == 0 and eval_interval(50, 300) == 50
+    # the quickstart: 300 steps, so evaluations at 0 (eval_at_start), 30, 60, ..., 300: 11 points in
+    # curves.png, the 9 between on 250 of the 1000 test images
+    quick = load_recipe("quickstart")
+    assert (quick.max_steps, quick.eval_every, quick.eval_at_start, quick.eval_limit) == (
+        300,
+        None,
+        True,
+        250,
+    )
 
 
 def test_missing_tensorboardx_is_refused_up_front(toy_data, tmp_path, monkeypatch):
