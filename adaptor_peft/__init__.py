@@ -3,34 +3,58 @@
 Importing the package registers the VMamba (and Mamba-Adaptor backbone) families with timm and the
 Mamba-Adaptor tuner with peft, so `timm.create_model("vmamba_tiny_s1l8")` and
 `peft.get_peft_model(model, MambaAdaptorPeftConfig(...))` work right away
-(`adaptor_peft.get_peft_model` also accepts a plain `MambaAdaptorConfig`). peft itself is imported
-only when used: the tuner registers as soon as peft is imported (see `peft_hook`).
+(`adaptor_peft.get_peft_model` also accepts a plain `MambaAdaptorConfig`). Both happen when timm or peft
+is imported (see `peft_hook`), and the names below import their modules on first use (PEP 562), so
+`import adaptor_peft` and the CLI's `--help` load neither torch, timm nor peft.
 """
 
-from .adaptors import (  # noqa: E402
-    MambaAdaptorConfig,
-    adaptor_state_dict,
-    inject_adaptors,
-    remove_adaptors,
-    trainable_report,
-)
-from .io import AdaptorFileError, describe_file, load_adaptors, save_adaptors  # noqa: E402
-from .models import convert_checkpoint, create_model, load_checkpoint  # noqa: E402
-from .peft_hook import install as _install_peft_hook  # noqa: E402
-from .version import __version__  # noqa: E402
+import importlib
+
+from .peft_hook import install as _install_peft_hook
+from .peft_hook import install_timm as _install_timm_hook
+from .shipped import shipped_base_path
+from .version import __version__
 
 _install_peft_hook()  # registers the tuner now if peft is imported, else right after it is
+_install_timm_hook()  # registers the model families now if timm is imported, else right after it is
 
-_PEFT_NAMES = ("MambaAdaptorPeftConfig", "get_peft_model")
+#: public name -> the submodule that defines it (imported on first use)
+_LAZY = {
+    "MambaAdaptorConfig": "adaptors",
+    "adaptor_state_dict": "adaptors",
+    "inject_adaptors": "adaptors",
+    "remove_adaptors": "adaptors",
+    "trainable_report": "adaptors",
+    "AdaptorFileError": "io",
+    "describe_file": "io",
+    "load_adaptors": "io",
+    "save_adaptors": "io",
+    "convert_checkpoint": "models",
+    "create_model": "models",
+    "load_checkpoint": "models",
+    "MambaAdaptorPeftConfig": "peft_tuner",  # imports peft (and registers the tuner)
+    "get_peft_model": "peft_tuner",
+}
 
 
 def __getattr__(name: str) -> object:
-    """The peft-side names import peft (and register the tuner) on first use."""
-    if name in _PEFT_NAMES:
-        from . import peft_tuner
-
-        return getattr(peft_tuner, name)
+    """Import a public name's module (or a subpackage such as ``adaptor_peft.models``) on first use."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
     raise AttributeError(f"module 'adaptor_peft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names, loaded or not."""
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -48,5 +72,6 @@ __all__ = [
     "load_checkpoint",
     "remove_adaptors",
     "save_adaptors",
+    "shipped_base_path",
     "trainable_report",
 ]

@@ -181,11 +181,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_result(result: object) -> None:
     fe = result.final_eval
-    acc = f", eval top-1 {fe['top1']:.2f}% top-5 {fe['top5']:.2f}%" if fe else ""
+    acc = f", eval {_topk_text(fe, ' ')}" if fe else ""
     print(f"done: {result.steps} steps in {result.wall_time_s:.1f}s{acc}")
     print(f"trained weights: {result.artefact} ({result.artefact.stat().st_size / 1024:.1f} KiB)")
     if result.plot:
         print(f"curves: {result.plot}")
+    if (result.run_dir / "tensorboard").is_dir():  # log_with=tensorboard
+        print(f"tensorboard events: {result.run_dir / 'tensorboard'}")
+
+
+def _topk_text(metrics: dict, sep: str) -> str:
+    """'top-1 x%' and, where reported (more than 5 classes), 'top-5 y%'."""
+    text = f"top-1 {metrics['top1']:.2f}%"
+    return text + (f"{sep}top-5 {metrics['top5']:.2f}%" if metrics.get("top5") is not None else "")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -196,7 +204,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(m))
         return 0
-    print(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}  ({m['count']} images)")
+    print(f"{_topk_text(m, '  ')}  loss {m['loss']:.4f}  ({m['count']} images)")
     for name, acc in zip(trained.classes, m["per_class"]):
         print(f"  {name:>12}: {'-' if acc is None else f'{acc:.1f}%'}")
     if m["no_examples"]:

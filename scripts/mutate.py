@@ -113,6 +113,7 @@ METRICS_ORACLE = "tests/train/test_metrics_oracle.py"
 PREDICT_ORACLE = "tests/train/test_predict_oracle.py"
 TRAINING_ORACLE = "tests/train/test_training_oracle.py"
 TRAINER = "tests/train/test_trainer.py"
+TRACKING = "tests/train/test_tracking.py"
 DATA = "tests/train/test_data.py"
 CLI = "tests/test_cli.py"
 BOOSTER = "tests/backbones/test_booster.py"
@@ -498,10 +499,47 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "metrics-top4",
         MET,
-        "k = min(5, logits.shape[1])",
-        "k = min(4, logits.shape[1])",
+        "topk = logits.topk(TOP_K, dim=1).indices",
+        "topk = logits.topk(TOP_K - 1, dim=1).indices",
         "top-5 counts only the 4 best classes",
         [METRICS_ORACLE, TRAINER],
+    ),
+    mutant(
+        "metrics-top5-at-five-classes",
+        MET,
+        "        if self.num_classes > TOP_K:\n            topk",
+        "        if self.num_classes >= TOP_K:\n            topk",
+        "top-5 counted (always 100%) for exactly 5 classes",
+        [METRICS_ORACLE],
+        Edit(
+            MET,
+            "        if self.num_classes > TOP_K:\n            out",
+            "        if self.num_classes >= TOP_K:\n            out",
+        ),
+    ),
+    mutant(
+        "trainer-eval-interval-floor",
+        TRN,
+        "return max(1, math.ceil(total_steps / EVAL_POINTS))",
+        "return max(1, total_steps // EVAL_POINTS)",
+        "the default evaluation interval rounds down (more than 10 points)",
+        [TRACKING],
+    ),
+    mutant(
+        "trainer-no-tracker-purge-on-resume",
+        TRN,
+        '{**writer, "purge_step": self.step + 1} if self.step else writer',
+        "writer",
+        "a resumed run logs the steps after its checkpoint to TensorBoard twice",
+        [TRACKING],
+    ),
+    mutant(
+        "trainer-final-eval-on-subset",
+        TRN,
+        "if periodic and self.data.periodic_eval_dl is not None:",
+        "if self.data.periodic_eval_dl is not None:",
+        "the step-0 and final evaluations use the eval_limit subset too",
+        [TRACKING],
     ),
     mutant(
         "metrics-loss-not-averaged",

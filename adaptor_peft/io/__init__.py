@@ -11,58 +11,77 @@ One concept per module:
 - :mod:`.describe`: the human-readable summary behind ``adaptor-peft info``.
 """
 
-from .adaptor_file import (
-    ADAPTOR_HOOK_NAMES,
-    adaptor_backend,
-    base_architecture,
-    base_config,
-    build_adaptor_file,
-    load_adaptors,
-    read_adaptor_file,
-    save_adaptors,
-)
-from .adaptor_header import (
-    FORMAT_VERSION,
-    META_BASE_ARCHITECTURE,
-    META_BASE_CONFIG,
-    META_BASE_FINGERPRINT,
-    META_CONFIG,
-    META_CONTENT_SHA256,
-    META_FORMAT_VERSION,
-    META_HEAD_KEYS,
-    META_INCLUDE_HEAD,
-    META_LIBRARY_VERSION,
-    META_PEFT_TYPE,
-    META_TENSORS,
-    META_USER,
-    NS,
-    REQUIRED_FIELDS,
-    SUPPORTED_FORMAT_VERSIONS,
-    AdaptorHeader,
-    content_digest,
-    parse_adaptor_header,
-)
-from .describe import describe_file
-from .errors import (
-    AdaptorChecksumError,
-    AdaptorConfigMismatchError,
-    AdaptorFileCorruptError,
-    AdaptorFileError,
-    AdaptorFileUnreadableError,
-    AdaptorFormatVersionError,
-    AdaptorHeaderError,
-    AdaptorMetadataError,
-    AdaptorTensorError,
-    BaseArchitectureMismatchError,
-    BaseFingerprintMismatchError,
-    BaseModelMismatchError,
-    MissingTensorError,
-    NonFiniteTensorError,
-    TensorDtypeMismatchError,
-    TensorShapeMismatchError,
-    UnexpectedTensorError,
-)
-from .safetensors_reader import DTYPE_TAGS, DTYPES, RawSafetensors, TensorEntry, read_safetensors
+import importlib
+
+#: public name -> the submodule that defines it; imported on first use (PEP 562), so reading a
+#: header (`adaptor-peft info`) does not import the adaptor modules, and those not timm/peft.
+_LAZY = {
+    "ADAPTOR_HOOK_NAMES": "adaptor_file",
+    "adaptor_backend": "adaptor_file",
+    "base_architecture": "adaptor_file",
+    "base_config": "adaptor_file",
+    "build_adaptor_file": "adaptor_file",
+    "load_adaptors": "adaptor_file",
+    "read_adaptor_file": "adaptor_file",
+    "save_adaptors": "adaptor_file",
+    "FORMAT_VERSION": "adaptor_header",
+    "META_BASE_ARCHITECTURE": "adaptor_header",
+    "META_BASE_CONFIG": "adaptor_header",
+    "META_BASE_FINGERPRINT": "adaptor_header",
+    "META_CONFIG": "adaptor_header",
+    "META_CONTENT_SHA256": "adaptor_header",
+    "META_FORMAT_VERSION": "adaptor_header",
+    "META_HEAD_KEYS": "adaptor_header",
+    "META_INCLUDE_HEAD": "adaptor_header",
+    "META_LIBRARY_VERSION": "adaptor_header",
+    "META_PEFT_TYPE": "adaptor_header",
+    "META_TENSORS": "adaptor_header",
+    "META_USER": "adaptor_header",
+    "NS": "adaptor_header",
+    "REQUIRED_FIELDS": "adaptor_header",
+    "SUPPORTED_FORMAT_VERSIONS": "adaptor_header",
+    "AdaptorHeader": "adaptor_header",
+    "content_digest": "adaptor_header",
+    "parse_adaptor_header": "adaptor_header",
+    "describe_file": "describe",
+    "AdaptorChecksumError": "errors",
+    "AdaptorConfigMismatchError": "errors",
+    "AdaptorFileCorruptError": "errors",
+    "AdaptorFileError": "errors",
+    "AdaptorFileUnreadableError": "errors",
+    "AdaptorFormatVersionError": "errors",
+    "AdaptorHeaderError": "errors",
+    "AdaptorMetadataError": "errors",
+    "AdaptorTensorError": "errors",
+    "BaseArchitectureMismatchError": "errors",
+    "BaseFingerprintMismatchError": "errors",
+    "BaseModelMismatchError": "errors",
+    "MissingTensorError": "errors",
+    "NonFiniteTensorError": "errors",
+    "TensorDtypeMismatchError": "errors",
+    "TensorShapeMismatchError": "errors",
+    "UnexpectedTensorError": "errors",
+    "DTYPE_TAGS": "safetensors_reader",
+    "DTYPES": "safetensors_reader",
+    "RawSafetensors": "safetensors_reader",
+    "TensorEntry": "safetensors_reader",
+    "read_safetensors": "safetensors_reader",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name's submodule on first use."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names, loaded or not."""
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ADAPTOR_HOOK_NAMES",

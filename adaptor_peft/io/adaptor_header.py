@@ -11,13 +11,13 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import AdaptorFormatVersionError, AdaptorHeaderError, AdaptorMetadataError
-from .fingerprint import tensor_bytes
-from .safetensors_reader import DTYPE_TAGS, RawSafetensors
+from .safetensors_reader import RawSafetensors
+
+if TYPE_CHECKING:  # parsing a header needs no torch (`adaptor-peft info` stays quick); digests do
+    import torch
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -165,6 +165,9 @@ def parse_adaptor_header(raw: RawSafetensors) -> AdaptorHeader:
 
 def content_digest(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the metadata (minus the digest field) and every tensor's name, dtype, shape and bytes."""
+    from .fingerprint import tensor_bytes
+    from .safetensors_reader import DTYPE_TAGS
+
     h = hashlib.sha256()
     meta = {k: v for k, v in metadata.items() if k != META_CONTENT_SHA256}
     h.update(json.dumps(meta, sort_keys=True).encode())

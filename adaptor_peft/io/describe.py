@@ -9,11 +9,9 @@ import math
 import os
 from pathlib import Path
 
-from adaptor_peft.models import load_checkpoint
-
 from .adaptor_header import META_FORMAT_VERSION, parse_adaptor_header
 from .errors import AdaptorMetadataError
-from .safetensors_reader import DTYPE_TAGS, read_safetensors
+from .safetensors_reader import read_safetensors
 
 
 def _human_bytes(n: int) -> str:
@@ -77,6 +75,10 @@ def _describe_safetensors(path: Path) -> list[str]:
 
 
 def _describe_pickle_checkpoint(path: Path) -> list[str]:
+    from adaptor_peft.models import load_checkpoint  # here: reading a header needs no torch/timm
+
+    from .safetensors_reader import DTYPE_TAGS
+
     state = load_checkpoint(path)  # weights_only loading: never unpickles code
     rows = [
         (k, DTYPE_TAGS.get(t.dtype, str(t.dtype)), tuple(t.shape), t.numel() * t.element_size())

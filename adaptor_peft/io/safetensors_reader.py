@@ -16,29 +16,48 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import safe_open
 
 from adaptor_peft.regular_file import NotARegularFileError, open_regular_file, regular_file_size
 
 from .errors import AdaptorFileCorruptError, AdaptorFileError, AdaptorFileUnreadableError, AdaptorHeaderError
 
-# safetensors dtype tag -> (torch dtype, bytes per element): the dtypes adaptor_peft reads
-DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "F64": (torch.float64, 8),
-    "F32": (torch.float32, 4),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "I64": (torch.int64, 8),
-    "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2),
-    "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1),
-    "BOOL": (torch.bool, 1),
+if TYPE_CHECKING:
+    import torch
+
+# safetensors dtype tag -> (torch dtype name, bytes per element): the dtypes adaptor_peft reads. Reading a
+# header needs only the sizes, so torch is imported when DTYPES / DTYPE_TAGS are first used (PEP 562).
+_DTYPE_NAMES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
 }
-DTYPE_TAGS: dict[torch.dtype, str] = {dt: tag for tag, (dt, _) in DTYPES.items()}
+#: safetensors dtype tag -> bytes per element
+DTYPE_SIZES: dict[str, int] = {tag: size for tag, (_, size) in _DTYPE_NAMES.items()}
+DTYPES: dict[str, tuple[torch.dtype, int]]  # tag -> (torch dtype, bytes per element), built on first use
+DTYPE_TAGS: dict[torch.dtype, str]  # torch dtype -> tag, built on first use
+
+
+def __getattr__(name: str) -> object:
+    """DTYPES and DTYPE_TAGS, built (importing torch) on first use."""
+    if name not in ("DTYPES", "DTYPE_TAGS"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch
+
+    dtypes = {tag: (getattr(torch, dtype), size) for tag, (dtype, size) in _DTYPE_NAMES.items()}
+    globals().update(DTYPES=dtypes, DTYPE_TAGS={dt: tag for tag, (dt, _) in dtypes.items()})
+    return globals()[name]
+
+
 # safetensors' own limit; checked before reading so a bogus length prefix never allocates much
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
@@ -152,7 +171,7 @@ def _readable_entry(info: Any) -> bool:
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     return (
         isinstance(dtype, str)
-        and dtype in DTYPES
+        and dtype in DTYPE_SIZES
         and isinstance(shape, list)
         and all(_is_count(d) for d in shape)
         and isinstance(offsets, list)
@@ -190,7 +209,7 @@ def _name_the_fault(path: Path, header_bytes: bytes, body_len: int) -> AdaptorFi
                 "(truncated file?)",
                 key=name,
             )
-        need = math.prod(shape) * DTYPES[dtype][1]
+        need = math.prod(shape) * DTYPE_SIZES[dtype]
         if end - begin != need:
             return AdaptorHeaderError(
                 path,
@@ -228,7 +247,8 @@ def read_safetensors(path: str | os.PathLike, header_only: bool = False) -> RawS
     if fault is not None:  # spans that disagree with the file size: refused before the file is mapped
         raise fault
     try:
-        with safe_open(str(path), framework="pt"):  # maps the file: checks the header, reads no data
+        # maps the file: checks the header, reads no data ("numpy": the check is the same, without torch)
+        with safe_open(str(path), framework="numpy"):
             pass
     except OSError as exc:  # the file went away or became unreadable since it was read
         raise AdaptorFileUnreadableError(path, f"cannot read the file: {exc}") from exc
@@ -245,7 +265,9 @@ def read_safetensors(path: str | os.PathLike, header_only: bool = False) -> RawS
         if set(info) != _ENTRY_FIELDS:  # safetensors ignores unknown fields
             raise AdaptorHeaderError(path, "entry must hold exactly dtype, shape and data_offsets", key=name)
         dtype, (begin, end) = info["dtype"], info["data_offsets"]
-        if dtype not in DTYPES:  # safetensors knows more dtypes (F8, U16, ...) than adaptor files use
-            raise AdaptorHeaderError(path, f"unknown dtype {dtype!r} (known: {sorted(DTYPES)})", key=name)
+        if dtype not in DTYPE_SIZES:  # safetensors knows more dtypes (F8, U16, ...) than adaptor files use
+            raise AdaptorHeaderError(
+                path, f"unknown dtype {dtype!r} (known: {sorted(DTYPE_SIZES)})", key=name
+            )
         entries[name] = TensorEntry(dtype, tuple(info["shape"]), begin, end)
     return RawSafetensors(path, data, size, header_len, entries, metadata)

@@ -18,6 +18,7 @@ from safetensors.torch import save as safetensors_save
 
 from ..atomic import atomic_write_bytes
 from ..limits import check_model_limits
+from ..shipped import ASSET_PREFIX, resolve_asset
 from .checkpoint import (
     checkpoint_budget,
     config_from_yacs,
@@ -83,6 +84,8 @@ def _resolve(
         check_model_limits(config, "config")
         return None, config, None
     text = str(name_or_config)
+    if text.startswith(ASSET_PREFIX):  # a shipped file, as recipes name it (asset:vmamba_fmnist_d32...)
+        text = str(resolve_asset(text))
     if text in list_models():
         return text, _variant_args(text), None
     path = Path(text)
@@ -123,11 +126,14 @@ def create_model(
     """Build a VMamba model and (optionally) load a checkpoint strictly.
 
     name_or_config: a registered name (e.g. "vmamba_tiny_s1l8"), a dict of VSSM kwargs, or a .safetensors
-    file whose metadata holds "config" (its weights load too unless `checkpoint` is given).
+    file whose metadata holds "config" (its weights load too unless `checkpoint` is given); files shipped
+    with the package may be named ``asset:NAME`` (see ``adaptor_peft.shipped_base_path()``), as in recipes.
     num_classes: None keeps the checkpoint's head size (or the config's); a different size drops the
     checkpoint head (with a warning) and leaves a fresh one.
     """
     arch, config, config_file = _resolve(name_or_config)
+    if checkpoint is not None and os.fspath(checkpoint).startswith(ASSET_PREFIX):
+        checkpoint = resolve_asset(checkpoint)
     _check_config(overrides, "overrides")
     check_model_limits({**config, **overrides}, "overrides" if overrides else "config")
     if checkpoint is None and config_file is not None:

@@ -87,6 +87,7 @@ class TrainData:
     eval_dl: DataLoader | None
     steps_per_epoch: int
     total_steps: int
+    periodic_eval_dl: DataLoader | None = None  # the eval_limit subset for periodic evaluations, if any
 
 
 def build_data(
@@ -108,15 +109,23 @@ def build_data(
     train_dl = DataLoader(
         train_ds, batch_size=recipe.batch_size, sampler=sampler, num_workers=recipe.num_workers
     )
-    eval_dl = None
-    if eval_src is not None:
-        eval_ds = TransformedDataset(eval_src, Preprocess(recipe, train=False))
-        eval_dl = DataLoader(
-            eval_ds,
+    eval_dl = periodic_eval_dl = None
+
+    def eval_loader(source: ImageSource) -> DataLoader:
+        return DataLoader(
+            TransformedDataset(source, Preprocess(recipe, train=False)),
             batch_size=recipe.eval_batch_size or recipe.batch_size,
             shuffle=False,
             num_workers=recipe.num_workers,
         )
+
+    if eval_src is not None:
+        eval_dl = eval_loader(eval_src)
+        if recipe.eval_limit is not None and recipe.eval_limit < len(eval_src):
+            subset = stratified_subset(eval_src.labels, recipe.eval_limit, recipe.seed)
+            periodic_eval_dl = eval_loader(SubsetSource(eval_src, subset))
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * steps_per_epoch))
-    return TrainData(classes, num_classes, train_ds, sampler, train_dl, eval_dl, steps_per_epoch, total_steps)
+    data = TrainData(classes, num_classes, train_ds, sampler, train_dl, eval_dl, steps_per_epoch, total_steps)
+    data.periodic_eval_dl = periodic_eval_dl
+    return data

@@ -6,11 +6,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .recipes import ASSETS_DIR, load_recipe
+from ..shipped import ASSETS_DIR, SHIPPED_BASE
+from .recipes import load_recipe
 from .trainer import TrainResult, train
 
 QUICKSTART_RECIPE = ASSETS_DIR / "quickstart.yaml"
-DEFAULT_CHECKPOINT = ASSETS_DIR / "vmamba_fmnist_d32.safetensors"
+DEFAULT_CHECKPOINT = ASSETS_DIR / SHIPPED_BASE
 
 
 def _size(path: Path) -> str:
@@ -48,7 +49,7 @@ def run_quickstart(
     echo(f"accuracy before (frozen base + fresh linear head, 0 steps): {before:.2f}%")
     echo(
         f"accuracy after  ({result.steps} steps, held-out {result.final_eval['count']} images): {after:.2f}%"
-        f"  (top-5 {result.final_eval['top5']:.2f}%)"
+        + (f"  (top-5 {result.final_eval['top5']:.2f}%)" if "top5" in result.final_eval else "")
     )
     if report is not None:
         echo(

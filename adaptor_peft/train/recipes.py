@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.util
 import os
 import types
 import typing
@@ -28,10 +29,8 @@ from ..limits import (
     check_adaptor_limits,
     check_model_limits,
 )
+from ..shipped import ASSET_PREFIX, ASSETS_DIR  # noqa: F401  (ASSETS_DIR: re-exported for callers)
 
-#: Recipe-path prefix for files shipped in the package (``asset:mnist_train.npz``).
-ASSET_PREFIX = "asset:"
-ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 #: Where ``recipes/`` lives in a source checkout (recipes may be named without a path: ``quickstart``).
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -53,6 +52,11 @@ METHOD_NAMES: list[str] = [
     "lora",
     "lora_x",
 ]
+
+
+#: ``log_with`` choices -> the packages one of which it needs (accelerate's TensorBoard tracker uses
+#: torch.utils.tensorboard when the tensorboard package is installed, else tensorboardX).
+LOG_WITH: dict[str, tuple[str, ...]] = {"jsonl": (), "tensorboard": ("tensorboard", "tensorboardX")}
 
 
 class RecipeError(ValueError):
@@ -192,12 +196,15 @@ class Recipe:
     overwrite: bool = False
     resume: bool = False
     log_every: int = 10
-    eval_every: int | None = None  # steps; None = evaluate at the end only
+    eval_every: int | None = None  # steps; None = about 10 evaluations per run; 0 = at the end only
+    eval_limit: int | None = None  # periodic evaluations on a fixed stratified subset this large (step 0
+    # and the final evaluation always use all the eval data); None = all
     eval_at_start: bool = False  # evaluate at step 0 (the "before" accuracy)
     save_every: int | None = None  # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2
     progress: bool = True
     plot: bool = True
+    log_with: str = "jsonl"  # jsonl (the .jsonl logs only) | tensorboard (also output_dir/tensorboard/)
     name: str | None = None
 
     def validate(self) -> Recipe:
@@ -212,18 +219,21 @@ class Recipe:
             "augment": ["none", "timm"],
             "bad_images": ["error", "skip"],
             "mixed_precision": ["no", "bf16", "fp16"],
+            "log_with": list(LOG_WITH),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise bad(key, f"must be one of {allowed}")
         positive = ["img_size", "batch_size", "grad_accum", "log_every", "keep_checkpoints"]
-        for key in positive + ["eval_every", "save_every", "max_steps", "eval_batch_size", "train_limit"]:
+        for key in positive + ["save_every", "max_steps", "eval_batch_size", "train_limit", "eval_limit"]:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise bad(key, "must be >= 1")
         fill = self.nonfinite_pixels
         if fill != "error" and (isinstance(fill, str) or not 0 <= fill <= 255 or fill != round(fill)):
             raise bad("nonfinite_pixels", "must be 'error' or a whole pixel value in [0, 255]")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise bad("eval_every", "must be >= 1 (steps), 0 (only at the end) or null (about 10 per run)")
         if self.num_workers < 0:
             raise bad("num_workers", "must be >= 0")
         for key in ["lr", "weight_decay", "label_smoothing", "warmup_fraction", "min_lr_ratio", "epochs"]:
@@ -254,6 +264,16 @@ class Recipe:
         except ValueError as exc:
             raise RecipeError(str(exc)) from None
         return self
+
+    def check_tracker(self) -> None:
+        """Raise RecipeError when ``log_with`` needs a package that is not installed (checked by ``train``
+        before anything is built; evaluating a finished run does not need it)."""
+        needs = LOG_WITH[self.log_with]
+        if needs and all(importlib.util.find_spec(m) is None for m in needs):
+            raise RecipeError(
+                f"recipe key 'log_with' = {self.log_with!r} needs {' or '.join(needs)}: "
+                f"pip install adaptor_peft[{self.log_with}] (or log_with=jsonl)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data copy (for YAML/JSON)."""

@@ -45,7 +45,10 @@ class JsonlLog:
 def plot_curves(
     train_rows: list[dict], eval_rows: list[dict], path: str | os.PathLike, title: str = ""
 ) -> Path:
-    """Draw loss, accuracy and learning-rate curves into a PNG (matplotlib Agg), atomically."""
+    """Draw loss, accuracy and learning-rate curves into a PNG (matplotlib Agg), atomically.
+
+    Every evaluation row is a marker on the eval curves (top-5 only where the rows report it).
+    """
     import io
 
     import matplotlib
@@ -54,6 +57,11 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    counts = sorted({r["count"] for r in eval_rows if r.get("count")})
+    # periodic evaluations on an eval_limit subset: say so, the curve mixes two sample sizes
+    if len(counts) > 1:
+        note = f"evaluations between the first and the last on {counts[0]} of the {counts[-1]} eval images"
+        title = f"{title}  ({note})" if title else note
 
     def series(rows: list[dict], key: str) -> tuple[list, list]:
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None and math.isfinite(r[key])]
@@ -68,7 +76,8 @@ def plot_curves(
     ax = axes[1]
     ax.plot(*series(train_rows, "acc"), label="train top-1 (batches)")
     ax.plot(*series(eval_rows, "top1"), "o-", label="eval top-1")
-    ax.plot(*series(eval_rows, "top5"), "s--", label="eval top-5")
+    if any("top5" in r for r in eval_rows):  # reported only for more than 5 classes
+        ax.plot(*series(eval_rows, "top5"), "s--", label="eval top-5")
     ax.set_xlabel("step")
     ax.set_ylabel("%")
     ax.set_title("accuracy")

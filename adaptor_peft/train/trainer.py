@@ -49,7 +49,12 @@ EVAL_FILE = "eval.jsonl"
 PLOT_FILE = "curves.png"
 RECIPE_FILE = "recipe.yaml"
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
-_OUTPUTS = (METRICS_FILE, EVAL_FILE, PLOT_FILE, RECIPE_FILE, RESULT_FILE, "final_eval.json", CKPT_DIR)
+TRACKER_DIR = "tensorboard"  # accelerate's tracker (log_with: tensorboard) writes its events here
+_OUTPUTS = (
+    METRICS_FILE, EVAL_FILE, PLOT_FILE, RECIPE_FILE, RESULT_FILE, "final_eval.json", CKPT_DIR, TRACKER_DIR
+)  # fmt: skip
+#: eval_every: null evaluates about this many times per run (the last one at the final step)
+EVAL_POINTS = 10
 #: Test-only hooks, off unless set (kill-and-resume tests kill at announced steps, not after sleeps):
 #: STEP_FILE_ENV names a file to which the main process appends each completed optimizer step (after
 #: that step's evaluation and checkpoint), flushed; with STEP_STOP_ENV=1 it then stops itself (SIGSTOP)
@@ -68,9 +73,12 @@ class ResumeMismatchError(RunDirError):
 
 #: Recipe keys a resume may change: they extend the run or only change how it reports itself.
 RESUME_MAY_CHANGE = frozenset(
-    {"max_steps", "epochs", "resume", "overwrite", "output_dir", "progress", "plot", "num_workers", "name"}
-    | {"check_images"}  # only when unreadable images are found, not which images train
-)
+    {
+        "max_steps", "epochs", "resume", "overwrite", "output_dir", "progress", "plot", "num_workers", "name",
+        "log_with", "eval_limit",
+        "check_images",  # only when unreadable images are found, not which images train
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -155,8 +163,17 @@ def _trainable_report(model: nn.Module) -> TrainableReport | None:
         return None
 
 
-def fresh_accelerator(cpu: bool, mixed_precision: str, gradient_accumulation_steps: int = 1) -> Accelerator:
-    """An Accelerator with these settings, even when an earlier run in this process chose others."""
+def fresh_accelerator(
+    cpu: bool,
+    mixed_precision: str,
+    gradient_accumulation_steps: int = 1,
+    log_with: str | None = None,
+    project_dir: str | os.PathLike | None = None,
+) -> Accelerator:
+    """An Accelerator with these settings, even when an earlier run in this process chose others.
+
+    ``log_with``: an accelerate tracker name (its files go under ``project_dir``), or None.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -165,7 +182,11 @@ def fresh_accelerator(cpu: bool, mixed_precision: str, gradient_accumulation_ste
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(
-        cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with=log_with,
+        project_dir=None if project_dir is None else str(project_dir),
     )
 
 
@@ -262,11 +283,36 @@ def _model_info_meta(recipe: Recipe, classes: list[str]) -> dict[str, Any]:
     }
 
 
+def eval_interval(eval_every: int | None, total_steps: int) -> int:
+    """Steps between evaluations: the recipe's, or (None) about EVAL_POINTS per run; 0: at the end only."""
+    if eval_every is not None:
+        return eval_every
+    return max(1, math.ceil(total_steps / EVAL_POINTS))
+
+
+def tracker_config(recipe: Recipe) -> dict[str, bool | int | float | str]:
+    """The recipe as tracker hyper-parameters: scalars as they are, lists, mappings and null as JSON text."""
+    return {
+        key: value if isinstance(value, bool | int | float | str) else json.dumps(value)
+        for key, value in recipe.to_dict().items()
+    }
+
+
+def tracker_scalars(prefix: str, row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a log row (all but ``step``) as ``prefix/key`` scalars; None and lists are left out."""
+    return {
+        f"{prefix}/{key}": float(value)
+        for key, value in row.items()
+        if key != "step" and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DataLoader, accelerator: Accelerator, num_classes: int
 ) -> dict[str, Any]:
-    """Top-1/top-5/per-class accuracy, loss and confusion matrix over a prepared loader (all processes)."""
+    """Top-1/top-5 (over 5 classes)/per-class accuracy, loss, confusion matrix over a prepared loader (all
+    processes)."""
     was_training = model.training
     model.eval()
     meter = ClassificationMeter(num_classes)
@@ -434,6 +480,7 @@ class TrainingRun:
     initial_eval: dict[str, Any] | None = None
     time_offset: float = 0.0  # training seconds before a resume
     lock: RunDirLock | None = None  # the run directory's lock (main process only)
+    tracking: bool = False  # an accelerate tracker (log_with) is started
 
     @property
     def main(self) -> bool:
@@ -474,30 +521,50 @@ class TrainingRun:
         self.accelerator.print(f"resumed from {folder} at step {self.step}/{self.data.total_steps}")
 
     def start_logs(self) -> None:
-        """Save the resolved recipe; a run starting at step 0 starts its logs afresh."""
+        """Save the resolved recipe; a run starting at step 0 starts its logs afresh; start the tracker."""
         if self.main:
             self.recipe.save(self.run_dir / RECIPE_FILE)
             if self.step == 0:
                 for log in (self.metrics_log, self.eval_log):
                     if log.path.exists():
                         log.path.unlink()
+                shutil.rmtree(self.run_dir / TRACKER_DIR, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+        if self.recipe.log_with != "jsonl":
+            # A file name of its own (the writer names files by the second, so a resume within the same
+            # second would overwrite the earlier file); a resumed run hides the events logged after its
+            # checkpoint (they are logged again).
+            writer = {"filename_suffix": f".{time.time_ns()}"}
+            init_kwargs = {"tensorboard": {**writer, "purge_step": self.step + 1} if self.step else writer}
+            self.accelerator.init_trackers(TRACKER_DIR, tracker_config(self.recipe), init_kwargs)
+            self.tracking = True
 
-    def run_eval(self, at_step: int) -> dict[str, Any] | None:
-        """Evaluate on the eval data (None without any) and append the row to the eval log."""
+    def track(self, prefix: str, row: dict[str, Any]) -> None:
+        """Send a log row's scalars to the recipe's tracker (log_with), at the row's step."""
+        if self.tracking:
+            self.accelerator.log(tracker_scalars(prefix, row), step=row["step"])
+
+    def end_trackers(self) -> None:
+        """Flush and close the tracker's files (main process; safe to call twice)."""
+        if self.tracking and self.main:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+        self.tracking = False
+
+    def run_eval(self, at_step: int, periodic: bool = False) -> dict[str, Any] | None:
+        """Evaluate on the eval data (None without any; ``periodic``: the eval_limit subset if there is one)
+        and append the row to the eval log."""
         if self.data.eval_dl is None:
             return None
-        result = evaluate(self.model, self.data.eval_dl, self.accelerator, self.data.num_classes)
+        loader = self.data.eval_dl
+        if periodic and self.data.periodic_eval_dl is not None:
+            loader = self.data.periodic_eval_dl
+        result = evaluate(self.model, loader, self.accelerator, self.data.num_classes)
         if self.main:
-            self.eval_log.append(
-                {
-                    "step": at_step,
-                    "top1": result["top1"],
-                    "top5": result["top5"],
-                    "loss": result["loss"],
-                    "per_class": result["per_class"],
-                }
-            )
+            keys = ("top1", "top5", "loss", "count", "per_class")
+            row = {"step": at_step, **{k: result[k] for k in keys if k in result}}
+            self.eval_log.append(row)
+            self.track("eval", row)
         return result
 
     def checkpoint(self, at_step: int) -> None:
@@ -560,6 +627,7 @@ class TrainingRun:
         }
         if self.main:
             self.metrics_log.append(row)
+            self.track("train", row)
         return row
 
     def epochs(self) -> Iterable[Any]:
@@ -592,6 +660,7 @@ class TrainingRun:
         clip = recipe.clip_grad if recipe.clip_grad is not None else float("inf")
         last_eval: dict[str, Any] | None = None
         t_window = time.time()
+        eval_every = eval_interval(recipe.eval_every, total_steps)
 
         def after_update(step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
             nonlocal last_eval, t_window
@@ -602,8 +671,8 @@ class TrainingRun:
                 row = self.log_window(grad_norm, time.time() - t_window)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 self.window, t_window = _Window(), time.time()
-            if recipe.eval_every and step % recipe.eval_every == 0 and step != total_steps:
-                last_eval = self.run_eval(step)
+            if eval_every and step % eval_every == 0 and step != total_steps:
+                last_eval = self.run_eval(step, periodic=True)
             if recipe.save_every and step % recipe.save_every == 0 and step != total_steps:
                 self.checkpoint(step)
             if step_file:
@@ -647,6 +716,7 @@ class TrainingRun:
                     self.run_dir / PLOT_FILE,
                     title=recipe.name or "",
                 )
+        self.end_trackers()  # the events are complete before result.json marks the run finished
         accelerator.wait_for_everyone()
         wall = time.time() - self.t_start
         result = TrainResult(
@@ -665,7 +735,7 @@ class TrainingRun:
             summary = {
                 "steps": step,
                 "top1": final_eval["top1"] if final_eval else None,
-                "top5": final_eval["top5"] if final_eval else None,
+                "top5": final_eval.get("top5") if final_eval else None,
                 "initial_top1": self.initial_eval["top1"] if self.initial_eval else None,
                 "trainable_params": self.n_trainable,
                 "total_params": self.n_total,
@@ -685,8 +755,11 @@ class TrainingRun:
 def start_run(recipe: Recipe) -> TrainingRun:
     """Accelerator, run directory, seed, data, model with its method applied, optimizer; prepared."""
     t_start = time.time()
-    accelerator = fresh_accelerator(recipe.cpu, recipe.mixed_precision, recipe.grad_accum)
     run_dir = Path(recipe.output_dir)
+    tracker = None if recipe.log_with == "jsonl" else recipe.log_with
+    accelerator = fresh_accelerator(
+        recipe.cpu, recipe.mixed_precision, recipe.grad_accum, tracker, run_dir if tracker else None
+    )
     # The data is opened (and checked: unreadable images, NaN pixels, labels) before the run directory
     # is created or locked, so bad data leaves no half-started run behind.
     sources = build_sources(recipe)
@@ -756,6 +829,8 @@ def _start_run(
     model, optimizer, data.train_dl = accelerator.prepare(model, optimizer, data.train_dl)
     if data.eval_dl is not None:
         data.eval_dl = accelerator.prepare(data.eval_dl)
+    if data.periodic_eval_dl is not None:
+        data.periodic_eval_dl = accelerator.prepare(data.periodic_eval_dl)
     return TrainingRun(
         recipe=recipe,
         accelerator=accelerator,
@@ -787,6 +862,7 @@ def train(
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         recipe = load_recipe(recipe.to_dict(), overrides)
+    recipe.check_tracker()
     run = start_run(recipe)
     try:
         if recipe.resume:
@@ -797,6 +873,7 @@ def train(
         last_eval = run.train_steps()
         return run.finish(last_eval)
     finally:
+        run.end_trackers()  # a failed run keeps the events it logged
         if run.lock is not None:
             run.lock.release()
 

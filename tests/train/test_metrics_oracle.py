@@ -5,8 +5,8 @@ label per row). Random cases: scikit-learn's accuracy_score / top_k_accuracy_sco
 on the same logits, fed to the meter in several batches of different sizes. The meter defines no tie
 rule of its own (it inherits torch's argmax / topk), so the random logits are continuous (no ties).
 
-Note: the meter's "top5" is top-min(5, C): for C <= 5 classes it is 100% by construction
-(test_top5_is_top_c_below_six_classes pins that current behaviour).
+Top-5 is reported only for more than 5 classes (with C <= 5 every image is in the top 5, so a
+"top5" of 100% would say nothing): test_top5_only_above_five_classes pins both sides of the boundary.
 """
 
 from __future__ import annotations
@@ -70,13 +70,17 @@ def test_hand_computed_top5_on_seven_classes():
     assert m["per_class"] == [0.0, 0.0, 100.0, 0.0, 0.0, None, None]
 
 
-def test_top5_is_top_c_below_six_classes():
-    """With C <= 5 classes "top5" counts the top-C classes, i.e. every image: 100% (current behaviour)."""
+def test_top5_only_above_five_classes():
+    """No "top5" key for C <= 5 classes (top-5 of 5 is always 100%); for 6 classes it is a real top-5."""
     m = _meter(HAND_LOGITS, HAND_LABELS, 5)
-    assert m["top5"] == 100.0
+    assert "top5" not in m and m["top1"] == pytest.approx(100.0 * 2 / 6)
     three = [[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]]
     m3 = _meter(three, [0, 2], 3)
-    assert m3["top1"] == 0.0 and m3["top5"] == 100.0
+    assert m3["top1"] == 0.0 and "top5" not in m3
+    ramp = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]  # class 0 ranks 6th (out of the top 5), class 1 ranks 5th
+    m6 = _meter([ramp, ramp, ramp, ramp], [0, 1, 0, 5], 6)
+    # rows: 6th (miss), 5th (hit), 6th (miss), 1st (hit, also top-1)
+    assert m6["top5"] == pytest.approx(50.0) and m6["top1"] == pytest.approx(25.0)
 
 
 def test_loss_is_the_mean_of_the_given_sums():
