@@ -40,6 +40,7 @@ __all__ = [
 _ENVELOPE_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 10  # keys listed per category in a mismatch error
+_MAX_ENVELOPES = 8  # real files nest at most two ({"model": {...}}, mmdet's {"state_dict": ...})
 
 # What a checkpoint file may hold (its size, or what its zip members inflate to) when no model says how
 # big it should be: generous for any VMamba checkpoint with optimizer state; the one place this is set.
@@ -138,54 +139,70 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def read_checkpoint_file(path: Path, trust_pickle: bool, max_bytes: int | None = None) -> Any:
     """The raw object in a checkpoint file (safetensors dict, or an unpickled .pth only if trusted).
 
     Only a regular file is read, and only if it (and, for a zip, what its members declare unpacked) fits
     ``max_bytes`` (default DEFAULT_CHECKPOINT_BUDGET; see checkpoint_budget for one from the model).
+    Every refusal is a CheckpointError naming the file, whatever the reader raised underneath.
     """
     _check_budget(path, _regular_size(path), DEFAULT_CHECKPOINT_BUDGET if max_bytes is None else max_bytes)
+    corrupt = "not a torch checkpoint or corrupt ({}); pass an intact checkpoint file"
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(e)})") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(
-                f"{path}: not a torch checkpoint or corrupt ({str(e).splitlines()[0]})"
-            ) from e
+            raise CheckpointError(f"{path}: {corrupt.format(_reason(e))}") from e
         if not trust_pickle:
             raise UntrustedCheckpointError(
                 f"{path}: this pickle holds objects other than tensors and plain containers (e.g. the yacs "
                 "config the official training script saves), so it was not loaded with weights_only=True. "
                 "If you trust the file, pass trust_pickle=True, or convert it once with "
-                f"`adaptor-peft convert {path} OUT.safetensors` (trusted) and use the safetensors file."
+                f"`adaptor-peft convert --trust-pickle {path} OUT.safetensors` and use the safetensors file."
             ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a torch checkpoint or corrupt ({str(e).splitlines()[0]})") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # a damaged pickle or zip: KeyError, IndexError, EOFError, RecursionError, ...
+        raise CheckpointError(f"{path}: {corrupt.format(_reason(e))}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except MemoryError:
+        raise
     except Exception as e:
-        raise CheckpointError(f"{path}: could not be unpickled even as trusted ({e})") from e
+        raise CheckpointError(f"{path}: could not be unpickled even as trusted ({_reason(e)})") from e
 
 
 def _unwrap(obj: Any, source: str) -> Mapping[str, Any]:
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: expected a state dict (a mapping), got {type(obj).__name__}")
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    for key in _ENVELOPE_KEYS:
-        inner = obj.get(key)
-        if isinstance(inner, Mapping):
-            return _unwrap(inner, f"{source}[{key!r}]")
+    """The state dict inside the envelopes (iterative: a crafted file may nest them without end)."""
+    root = source
+    for _ in range(_MAX_ENVELOPES + 1):
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{source}: expected a state dict (a mapping), got {type(obj).__name__}")
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        inner = next((k for k in _ENVELOPE_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise CheckpointError(
+                f"{source}: no state dict found; top-level keys {sorted(map(str, obj))[:12]} hold no tensors "
+                f"and none of {list(_ENVELOPE_KEYS)} is a state dict"
+            )
+        obj, source = obj[inner], f"{source}[{inner!r}]"
     raise CheckpointError(
-        f"{source}: no state dict found; top-level keys {sorted(map(str, obj))[:12]} hold no tensors and"
-        f" none of {list(_ENVELOPE_KEYS)} is a state dict"
+        f"{root}: the state dict is nested in more than {_MAX_ENVELOPES} envelopes "
+        f"({list(_ENVELOPE_KEYS)}); not a checkpoint"
     )
 
 
