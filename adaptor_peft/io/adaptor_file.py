@@ -29,6 +29,7 @@ from torch import nn
 from adaptor_peft import adaptors
 from adaptor_peft.adaptors.selection import head_module, is_under, module_prefixes
 from adaptor_peft.atomic import atomic_write_bytes
+from adaptor_peft.models.checkpoint import warn_suspicious_values
 from adaptor_peft.version import __version__
 
 from .adaptor_header import (
@@ -355,18 +356,20 @@ def _check_tensors(
     return keys
 
 
-def _check_finite(raw: RawSafetensors, tensors: Mapping[str, torch.Tensor]) -> None:
+def check_finite(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]) -> None:
+    """NonFiniteTensorError naming the first tensor with NaN/Inf; a warning for finite but huge values."""
     for name in sorted(tensors):
         t = tensors[name]
         if t.is_floating_point():
             bad = int((~torch.isfinite(t)).sum())
             if bad:
-                raise NonFiniteTensorError(raw.path, f"{bad} of {t.numel()} values are NaN or Inf", key=name)
+                raise NonFiniteTensorError(path, f"{bad} of {t.numel()} values are NaN or Inf", key=name)
+    warn_suspicious_values(tensors, path)
 
 
 def _check_content(raw: RawSafetensors, header: AdaptorHeader, tensors: dict[str, torch.Tensor]) -> None:
     """Decoded tensors are finite and match the header's content checksum (the file is as written)."""
-    _check_finite(raw, tensors)
+    check_finite(raw.path, tensors)
     if content_digest(raw.metadata, tensors) != header.content_sha256:
         raise AdaptorChecksumError(
             raw.path,

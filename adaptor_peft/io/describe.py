@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from adaptor_peft.models import load_checkpoint
+from adaptor_peft.printable import printable
 
 from .adaptor_header import META_FORMAT_VERSION, parse_adaptor_header
 from .errors import AdaptorMetadataError
@@ -119,7 +120,10 @@ def describe_file(path: str | os.PathLike) -> str:
     """Human-readable summary of an adaptor file, a model checkpoint, or a peft adapter directory."""
     path = Path(path)
     if path.is_dir():
-        return "\n".join(_describe_peft_dir(path))
-    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return "\n".join(_describe_pickle_checkpoint(path))
-    return "\n".join(_describe_safetensors(path))
+        lines = _describe_peft_dir(path)
+    elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        lines = _describe_pickle_checkpoint(path)
+    else:
+        lines = _describe_safetensors(path)
+    # Names and metadata come from the file: escape what a terminal would act on (ESC sequences, ...).
+    return "\n".join(printable(line) for line in lines)

@@ -9,9 +9,11 @@ refuses. We never unpickle arbitrary objects unless the caller says the file is 
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
+from ..limits import MAX_FINITE_MAGNITUDE
 from ..regular_file import NotARegularFileError, regular_file_size
 
 __all__ = [
@@ -34,6 +37,8 @@ __all__ = [
     "normalize_state_dict",
     "read_checkpoint_file",
     "read_safetensors_metadata",
+    "suspicious_values",
+    "warn_suspicious_values",
 ]
 
 # Envelopes tried in order. "model" first: the official releases keep their published (EMA) weights there.
@@ -231,6 +236,39 @@ def normalize_state_dict(
     return out
 
 
+def suspicious_values(tensor: torch.Tensor) -> str | None:
+    """Why a floating tensor's values are suspect (NaN/Inf, or finite beyond MAX_FINITE_MAGNITUDE), or None.
+
+    One pass (aminmax) and no copy of the tensor unless it does hold a NaN or Inf.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return None
+    lo, hi = (float(v) for v in torch.aminmax(tensor.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates into aminmax, Inf shows as is
+        bad = int((~torch.isfinite(tensor)).sum())
+        return f"{bad} of {tensor.numel()} values are NaN or Inf"
+    peak = max(abs(lo), abs(hi))
+    if peak > MAX_FINITE_MAGNITUDE:
+        return (
+            f"holds finite values up to {peak:.3g} in magnitude (over {MAX_FINITE_MAGNITUDE:.0e}: "
+            "corrupted or crafted?)"
+        )
+    return None
+
+
+def warn_suspicious_values(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """One warning naming the first tensor with NaN/Inf or huge values (and how many others have them)."""
+    found = [(k, why) for k in sorted(tensors) if (why := suspicious_values(tensors[k])) is not None]
+    if found:
+        name, why = found[0]
+        more = f" (and {len(found) - 1} more tensors)" if len(found) > 1 else ""
+        warnings.warn(
+            f"{source} [{name}]: {why}{more}; loaded anyway: outputs will be NaN or wrong unless this is "
+            "replaced (check the file)",
+            stacklevel=3,
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike, trust_pickle: bool = False, max_bytes: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -241,7 +279,9 @@ def load_checkpoint(
     path = Path(path)
     if not os.path.lexists(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    return normalize_state_dict(read_checkpoint_file(path, trust_pickle, max_bytes), source=str(path))
+    state_dict = normalize_state_dict(read_checkpoint_file(path, trust_pickle, max_bytes), source=str(path))
+    warn_suspicious_values(state_dict, path)
+    return state_dict
 
 
 def _model_name(model: nn.Module) -> str:
