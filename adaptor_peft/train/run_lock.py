@@ -12,6 +12,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from ..regular_file import read_bounded
+
 LOCK_FILE = "run.lock"
 
 
@@ -35,7 +37,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _read_owner(path: Path) -> str:
     try:
-        text = path.read_bytes()[:64].decode("ascii", errors="replace").strip()
+        text = read_bounded(path, 4096)[:64].decode("ascii", errors="replace").strip()
     except OSError:
         return "?"
     return text or "?"
