@@ -263,27 +263,33 @@ def _check_head_keys(model: nn.Module, header: AdaptorHeader, path: Path) -> Non
             )
 
 
-def _check_base(
+def _base_mismatch(cls: type[AdaptorFileError], path: Path, message: str, key: str, allow: bool) -> None:
+    """Raise ``cls``, or only warn when the caller allows a different base (deliberate transfer)."""
+    if allow:
+        warnings.warn(f"{path} [{key}]: {message} (loading anyway: allow_base_mismatch=True)", stacklevel=4)
+    else:
+        raise cls(path, message + " (pass allow_base_mismatch=True to load it anyway)", key=key)
+
+
+def _check_arch(model: nn.Module, header: AdaptorHeader, path: Path, allow_mismatch: bool) -> bool:
+    """True when the base architecture name matches (a mismatch raises, or warns and returns False)."""
+    arch = base_architecture(model)
+    if arch == header.base_architecture:
+        return True
+    _base_mismatch(
+        BaseArchitectureMismatchError,
+        path,
+        f"adaptor was saved for base architecture {header.base_architecture!r}, the model is {arch!r}",
+        META_BASE_ARCHITECTURE,
+        allow_mismatch,
+    )
+    return False
+
+
+def _check_fingerprint(
     model: nn.Module, header: AdaptorHeader, path: Path, allow_mismatch: bool, exclude: set[str]
 ) -> None:
-    """Architecture name, then the fingerprint of the base tensors (every key but ``exclude``)."""
-
-    def fail(cls: type[AdaptorFileError], message: str, key: str) -> None:
-        if allow_mismatch:
-            warnings.warn(
-                f"{path} [{key}]: {message} (loading anyway: allow_base_mismatch=True)", stacklevel=3
-            )
-        else:
-            raise cls(path, message + " (pass allow_base_mismatch=True to load it anyway)", key=key)
-
-    arch = base_architecture(model)
-    if arch != header.base_architecture:
-        fail(
-            BaseArchitectureMismatchError,
-            f"adaptor was saved for base architecture {header.base_architecture!r}, the model is {arch!r}",
-            META_BASE_ARCHITECTURE,
-        )
-        return
+    """The fingerprint of the base tensors (every key but ``exclude``) against the stored one."""
     current = model_fingerprint(model, exclude=exclude)
     stored = header.base_fingerprint
     if current["structure"] == stored["structure"] and current["values"] == stored["values"]:
@@ -291,19 +297,18 @@ def _check_base(
     diff = first_difference(stored["tensors"], current["tensors"])
     name, reason = diff if diff else (META_BASE_FINGERPRINT, "digest differs")
     if current["structure"] != stored["structure"]:
-        fail(
-            BaseArchitectureMismatchError,
+        cls: type[AdaptorFileError] = BaseArchitectureMismatchError
+        message = (
             f"base tensor layout differs from the base the adaptor was saved on (first difference: "
-            f"base tensor {name!r}: {reason})",
-            name,
+            f"base tensor {name!r}: {reason})"
         )
     else:
-        fail(
-            BaseFingerprintMismatchError,
+        cls = BaseFingerprintMismatchError
+        message = (
             f"base weights differ from the ones the adaptor was trained on (first difference: base tensor "
-            f"{name!r}: {reason}); field {META_BASE_FINGERPRINT}",
-            name,
+            f"{name!r}: {reason}); field {META_BASE_FINGERPRINT}"
         )
+    _base_mismatch(cls, path, message, name, allow_mismatch)
 
 
 def _check_config(model: nn.Module, config: Any, path: Path) -> None:
@@ -405,10 +410,12 @@ def load_adaptors(
         raise AdaptorMetadataError(raw.path, f"invalid adaptor config: {exc}", key=META_CONFIG) from exc
     if _has_adaptors(model):  # first: a different config also changes which base tensors are trained
         _check_config(model, config, raw.path)
-    _check_head_keys(model, header, raw.path)
+    same_arch = _check_arch(model, header, raw.path, allow_base_mismatch)
+    if same_arch:
+        _check_head_keys(model, header, raw.path)
     trained, head = _adaptor_tensors(model, config, raw.path)
-    # The same exclusion as build_adaptor_file: what the config trains (head included) and the hooks.
-    _check_base(model, header, raw.path, allow_base_mismatch, set(trained) | _hook_keys(model))
+    if same_arch:  # the exclusion of build_adaptor_file: what the config trains (head included), the hooks
+        _check_fingerprint(model, header, raw.path, allow_base_mismatch, set(trained) | _hook_keys(model))
     expected = {k: v for k, v in trained.items() if header.include_head or k not in head}
     keys = _check_tensors(raw, expected, strict)
     tensors = raw.decode()
