@@ -110,12 +110,13 @@ case(
 # Allocation before validation
 case(
     "num_points_file",
-    "adaptor file whose config says num_points=4e6 -> load_adaptors",
+    "adaptor file whose config says num_points=4e6 -> load_adaptors (on its own base)",
     """
+    import torch
     from adaptor_peft.io import load_adaptors
     from adaptor_peft.models import create_model
     def setup():
-        global m; m = create_model("test_vmamba")
+        global m; torch.manual_seed(0); m = create_model("test_vmamba")
     def attack(): load_adaptors(m, W / "num_points.safetensors")
 """,
 )
