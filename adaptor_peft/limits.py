@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "ADAPTOR_LIMITS",
+    "MAX_FINITE_MAGNITUDE",
     "MAX_HEADS_X_POINTS",
     "MAX_RECIPE_BYTES",
     "MAX_RECIPE_DEPTH",
@@ -55,6 +56,10 @@ MAX_STAGES = 8
 #: sum over stages of depth * dim**2, which a block's parameter count (~10-20 x dim**2) follows:
 #: vanilla_vmamba_base, the largest release, is 9.3M; the bound is ~29x that (a ~3B-parameter model).
 MAX_WIDTH_BUDGET = 2**28
+
+#: Largest magnitude a stored weight may have without a warning: trained weights stay below ~1e3; fp32
+#: reaches 3.4e38, so a finite 1e30+ value is a corrupted or crafted file (it overflows at the first matmul).
+MAX_FINITE_MAGNITUDE = 1e30
 
 #: Recipe YAML files: bytes, nesting depth and YAML nodes. The largest bundled recipe is a few KB,
 #: about 10 levels deep with a few hundred nodes.

@@ -13,7 +13,13 @@ import os
 import stat
 from typing import BinaryIO
 
-__all__ = ["NotARegularFileError", "open_regular_file", "regular_file_size"]
+__all__ = [
+    "FileTooLargeError",
+    "NotARegularFileError",
+    "open_regular_file",
+    "read_bounded",
+    "regular_file_size",
+]
 
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -25,6 +31,10 @@ _KINDS = (
 
 class NotARegularFileError(OSError):
     """The path names a FIFO, device or socket (after symlinks), not a regular file."""
+
+
+class FileTooLargeError(OSError):
+    """A regular file holds more bytes than its reader accepts."""
 
 
 def open_regular_file(path: str | os.PathLike) -> tuple[BinaryIO, int]:
@@ -53,3 +63,21 @@ def regular_file_size(path: str | os.PathLike) -> int:
     f, size = open_regular_file(path)
     f.close()
     return size
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (OSError otherwise: FileTooLargeError, ...).
+
+    For small metadata files (state, manifest, recipe): a file swapped for a FIFO, ``/dev/zero`` or a
+    sparse giant is refused before it is read, and at most ``max_bytes + 1`` bytes are ever read.
+    """
+    f, size = open_regular_file(path)
+    with f:
+        data = f.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:  # the file may grow between fstat and read
+        raise FileTooLargeError(
+            errno.EFBIG,
+            f"holds {max(size, len(data)):,} bytes, more than the {max_bytes:,} accepted",
+            os.fspath(path),
+        )
+    return data

@@ -39,6 +39,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_write_bytes, atomic_write_text
+from ..train.run_lock import RunDirError, RunDirLock, RunDirLockedError
 from ..train.trainer import fresh_accelerator, train_updates
 from .builders import (
     build_classification_transform,
@@ -251,6 +252,44 @@ def run(
     if batch % world:
         raise LargeRecipeError(f"data.batch_size={batch} does not split over {world} processes")
     out_dir = Path(r.get("output_dir") or f"runs/{r['name']}")
+    lock = _lock_run_dir(accelerator, out_dir)
+    try:
+        return _run_locked(r, accelerator, out_dir, img_size, max_steps)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_dir(accelerator: Accelerator, out_dir: Path) -> RunDirLock | None:
+    """Main process: one writer per run directory (as classification runs); every rank raises its error."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = RunDirLock(out_dir).acquire()
+        except RunDirError as exc:
+            error = exc
+        else:
+            stale = lock.stale_message()
+            if stale:
+                accelerator.print(f"warning: {stale}")
+    if accelerator.num_processes > 1:  # the other ranks fail with the main's error instead of waiting
+        from accelerate.utils import broadcast_object_list
+
+        shared = [None if error is None else str(error)]
+        broadcast_object_list(shared, from_process=0)
+        if shared[0] is not None and error is None:
+            error = RunDirLockedError(shared[0])
+    if error is not None:
+        raise error
+    return lock
+
+
+def _run_locked(
+    r: dict[str, Any], accelerator: Accelerator, out_dir: Path, img_size: int | None, max_steps: int | None
+) -> dict[str, Any]:
+    """The body of run(), with the run directory locked."""
+    world = accelerator.num_processes
+    batch = r["data"]["batch_size"]
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "recipe.yaml", yaml.safe_dump(r, sort_keys=False))

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from adaptor_peft import adaptors
+from adaptor_peft.adaptors.selection import head_module, is_under, module_prefixes
 from adaptor_peft.atomic import atomic_write_bytes
+from adaptor_peft.models.checkpoint import warn_suspicious_values
 from adaptor_peft.version import __version__
 
 from .adaptor_header import (
@@ -135,13 +137,6 @@ def _normalised(d: Any) -> str:
     return json.dumps(_jsonable(d), sort_keys=True)
 
 
-def _fingerprint_exclusions(model: nn.Module, file_keys: set[str], head_keys: list[str]) -> set[str]:
-    excl = set(file_keys) | set(head_keys) | _hook_keys(model)
-    if _has_adaptors(model):
-        excl |= set(adaptor_backend().adaptor_state_dict(model, include_head=True))
-    return excl
-
-
 # ---------------------------------------------------------------------------------------------- save
 def build_adaptor_file(
     model: nn.Module, include_head: bool = True, metadata: Mapping[str, Any] | None = None
@@ -220,51 +215,81 @@ def _shadow_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _expected_adaptor_tensors(
-    model: nn.Module, config: Any, include_head: bool, path: Path
-) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes that the model would hold once the file's adaptors are injected."""
+def _adaptor_tensors(
+    model: nn.Module, config: Any, path: Path
+) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], set[str]]:
+    """(name -> (shape, dtype) of every tensor the file's adaptors train, head included; the head's keys
+    among them) for the model once the file's adaptors are injected. Derived from the model and the
+    config only, never from the file's lists, so a file cannot choose what the base check skips."""
     api = adaptor_backend()
     if _has_adaptors(model):
-        sd = api.adaptor_state_dict(model, include_head=include_head)
+        with_head = api.adaptor_state_dict(model, include_head=True)
+        without_head = api.adaptor_state_dict(model, include_head=False)
     else:
-        sd = None
+        with_head = without_head = None
         last_exc: Exception | None = None
         for make in (_shadow_copy, copy.deepcopy):  # meta copy first; a real copy if injection needs values
             try:
                 shadow = make(model)
                 api.inject_adaptors(shadow, config)
-                sd = api.adaptor_state_dict(shadow, include_head=include_head)
+                with_head = api.adaptor_state_dict(shadow, include_head=True)
+                without_head = api.adaptor_state_dict(shadow, include_head=False)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure is reported as a config problem below
                 last_exc = exc
-        if sd is None:
+        if with_head is None or without_head is None:
             raise AdaptorMetadataError(
                 path,
                 f"the stored adaptor config cannot be injected into this model: {last_exc}",
                 key=META_CONFIG,
             ) from last_exc
-    return {k: (tuple(v.shape), v.dtype) for k, v in sd.items()}
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in with_head.items()}
+    return shapes, set(with_head) - set(without_head)
 
 
-def _check_base(model: nn.Module, header: AdaptorHeader, path: Path, allow_mismatch: bool) -> None:
-    def fail(cls: type[AdaptorFileError], message: str, key: str) -> None:
-        if allow_mismatch:
-            warnings.warn(
-                f"{path} [{key}]: {message} (loading anyway: allow_base_mismatch=True)", stacklevel=3
+def _check_head_keys(model: nn.Module, header: AdaptorHeader, path: Path) -> None:
+    """head_keys may name only tensors of the model's classifier head (the base check skips them)."""
+    head = head_module(model)
+    prefixes = module_prefixes(model, [head]) if head is not None else []
+    state = model.state_dict()
+    for key in header.head_keys:
+        if key not in state or not is_under(key.rpartition(".")[0], prefixes):
+            where = f"the model's head is {prefixes[0]!r}" if prefixes else "the model has no classifier head"
+            raise AdaptorMetadataError(
+                path,
+                f"lists {key!r}, which is not a tensor of the classifier head ({where}); head_keys may name "
+                "only head tensors: the file was edited or is not for this model",
+                key=META_HEAD_KEYS,
             )
-        else:
-            raise cls(path, message + " (pass allow_base_mismatch=True to load it anyway)", key=key)
 
+
+def _base_mismatch(cls: type[AdaptorFileError], path: Path, message: str, key: str, allow: bool) -> None:
+    """Raise ``cls``, or only warn when the caller allows a different base (deliberate transfer)."""
+    if allow:
+        warnings.warn(f"{path} [{key}]: {message} (loading anyway: allow_base_mismatch=True)", stacklevel=4)
+    else:
+        raise cls(path, message + " (pass allow_base_mismatch=True to load it anyway)", key=key)
+
+
+def _check_arch(model: nn.Module, header: AdaptorHeader, path: Path, allow_mismatch: bool) -> bool:
+    """True when the base architecture name matches (a mismatch raises, or warns and returns False)."""
     arch = base_architecture(model)
-    if arch != header.base_architecture:
-        fail(
-            BaseArchitectureMismatchError,
-            f"adaptor was saved for base architecture {header.base_architecture!r}, the model is {arch!r}",
-            META_BASE_ARCHITECTURE,
-        )
-        return
-    exclude = _fingerprint_exclusions(model, set(header.tensors), header.head_keys)
+    if arch == header.base_architecture:
+        return True
+    _base_mismatch(
+        BaseArchitectureMismatchError,
+        path,
+        f"adaptor was saved for base architecture {header.base_architecture!r}, the model is {arch!r}",
+        META_BASE_ARCHITECTURE,
+        allow_mismatch,
+    )
+    return False
+
+
+def _check_fingerprint(
+    model: nn.Module, header: AdaptorHeader, path: Path, allow_mismatch: bool, exclude: set[str]
+) -> None:
+    """The fingerprint of the base tensors (every key but ``exclude``) against the stored one."""
     current = model_fingerprint(model, exclude=exclude)
     stored = header.base_fingerprint
     if current["structure"] == stored["structure"] and current["values"] == stored["values"]:
@@ -272,19 +297,18 @@ def _check_base(model: nn.Module, header: AdaptorHeader, path: Path, allow_misma
     diff = first_difference(stored["tensors"], current["tensors"])
     name, reason = diff if diff else (META_BASE_FINGERPRINT, "digest differs")
     if current["structure"] != stored["structure"]:
-        fail(
-            BaseArchitectureMismatchError,
+        cls: type[AdaptorFileError] = BaseArchitectureMismatchError
+        message = (
             f"base tensor layout differs from the base the adaptor was saved on (first difference: "
-            f"base tensor {name!r}: {reason})",
-            name,
+            f"base tensor {name!r}: {reason})"
         )
     else:
-        fail(
-            BaseFingerprintMismatchError,
+        cls = BaseFingerprintMismatchError
+        message = (
             f"base weights differ from the ones the adaptor was trained on (first difference: base tensor "
-            f"{name!r}: {reason}); field {META_BASE_FINGERPRINT}",
-            name,
+            f"{name!r}: {reason}); field {META_BASE_FINGERPRINT}"
         )
+    _base_mismatch(cls, path, message, name, allow_mismatch)
 
 
 def _check_config(model: nn.Module, config: Any, path: Path) -> None:
@@ -337,18 +361,20 @@ def _check_tensors(
     return keys
 
 
-def _check_finite(raw: RawSafetensors, tensors: Mapping[str, torch.Tensor]) -> None:
+def check_finite(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]) -> None:
+    """NonFiniteTensorError naming the first tensor with NaN/Inf; a warning for finite but huge values."""
     for name in sorted(tensors):
         t = tensors[name]
         if t.is_floating_point():
             bad = int((~torch.isfinite(t)).sum())
             if bad:
-                raise NonFiniteTensorError(raw.path, f"{bad} of {t.numel()} values are NaN or Inf", key=name)
+                raise NonFiniteTensorError(path, f"{bad} of {t.numel()} values are NaN or Inf", key=name)
+    warn_suspicious_values(tensors, path)
 
 
 def _check_content(raw: RawSafetensors, header: AdaptorHeader, tensors: dict[str, torch.Tensor]) -> None:
     """Decoded tensors are finite and match the header's content checksum (the file is as written)."""
-    _check_finite(raw, tensors)
+    check_finite(raw.path, tensors)
     if content_digest(raw.metadata, tensors) != header.content_sha256:
         raise AdaptorChecksumError(
             raw.path,
@@ -384,8 +410,13 @@ def load_adaptors(
         raise AdaptorMetadataError(raw.path, f"invalid adaptor config: {exc}", key=META_CONFIG) from exc
     if _has_adaptors(model):  # first: a different config also changes which base tensors are trained
         _check_config(model, config, raw.path)
-    _check_base(model, header, raw.path, allow_base_mismatch)
-    expected = _expected_adaptor_tensors(model, config, header.include_head, raw.path)
+    same_arch = _check_arch(model, header, raw.path, allow_base_mismatch)
+    if same_arch:
+        _check_head_keys(model, header, raw.path)
+    trained, head = _adaptor_tensors(model, config, raw.path)
+    if same_arch:  # the exclusion of build_adaptor_file: what the config trains (head included), the hooks
+        _check_fingerprint(model, header, raw.path, allow_base_mismatch, set(trained) | _hook_keys(model))
+    expected = {k: v for k, v in trained.items() if header.include_head or k not in head}
     keys = _check_tensors(raw, expected, strict)
     tensors = raw.decode()
     _check_content(raw, header, tensors)

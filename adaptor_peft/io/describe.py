@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from adaptor_peft.printable import printable
+
 from .adaptor_header import META_FORMAT_VERSION, parse_adaptor_header
 from .errors import AdaptorMetadataError
 from .safetensors_reader import read_safetensors
@@ -196,21 +198,26 @@ def describe_file(path: str | os.PathLike) -> str:
     path = Path(path)
     if path.is_dir():
         if (path / "adapter_config.json").is_file():
-            return "\n".join(_describe_peft_dir(path))
-        if path.name == "checkpoints" and not (path / "manifest.json").is_file():
-            newest = _newest_checkpoint(path)
-            if newest is None:
-                raise AdaptorMetadataError(path, "holds no complete training checkpoint")
-            path = newest
-        if (path / "manifest.json").is_file():
-            return "\n".join(_describe_checkpoint_dir(path))
-        if (path / "recipe.yaml").is_file():
-            return "\n".join(_describe_run_dir(path))
-        raise AdaptorMetadataError(
-            path,
-            "not a peft adapter directory (adapter_config.json), a training run (recipe.yaml) or a "
-            "training checkpoint (manifest.json)",
-        )
-    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return "\n".join(_describe_pickle_checkpoint(path))
-    return "\n".join(_describe_safetensors(path))
+            lines = _describe_peft_dir(path)
+        else:
+            if path.name == "checkpoints" and not (path / "manifest.json").is_file():
+                newest = _newest_checkpoint(path)
+                if newest is None:
+                    raise AdaptorMetadataError(path, "holds no complete training checkpoint")
+                path = newest
+            if (path / "manifest.json").is_file():
+                lines = _describe_checkpoint_dir(path)
+            elif (path / "recipe.yaml").is_file():
+                lines = _describe_run_dir(path)
+            else:
+                raise AdaptorMetadataError(
+                    path,
+                    "not a peft adapter directory (adapter_config.json), a training run (recipe.yaml) or a "
+                    "training checkpoint (manifest.json)",
+                )
+    elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        lines = _describe_pickle_checkpoint(path)
+    else:
+        lines = _describe_safetensors(path)
+    # Names and metadata come from the file: escape what a terminal would act on (ESC sequences, ...).
+    return "\n".join(printable(line) for line in lines)

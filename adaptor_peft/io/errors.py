@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from adaptor_peft.printable import printable
+
 
 class AdaptorFileError(ValueError):
     """Base class: an adaptor file cannot be used; the message names the file and the key or field."""
@@ -14,7 +16,7 @@ class AdaptorFileError(ValueError):
     def __init__(self, path: str | os.PathLike, message: str, key: str | None = None) -> None:
         self.path = str(path)
         self.key = key
-        where = f" [{key}]" if key is not None else ""
+        where = f" [{printable(key)}]" if key is not None else ""  # a key from the file may hold ESC
         super().__init__(f"{self.path}{where}: {message}")
 
 

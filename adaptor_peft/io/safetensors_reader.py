@@ -154,6 +154,13 @@ def _header_len(path: Path, data: bytes, size: int) -> int:
             path, f"file has {size} bytes, fewer than the 8-byte safetensors length prefix", key="header"
         )
     header_len = int.from_bytes(data[:8], "little")
+    if header_len > _MAX_HEADER_BYTES and size - 8 >= header_len:  # all there, but over the cap
+        raise AdaptorHeaderError(
+            path,
+            f"the header has {header_len:,} bytes, over the {_MAX_HEADER_BYTES:,}-byte safetensors header "
+            "limit (refused unread); not an adaptor file",
+            key="header",
+        )
     if header_len > min(size - 8, _MAX_HEADER_BYTES):
         raise AdaptorFileCorruptError(
             path,

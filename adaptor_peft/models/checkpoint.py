@@ -9,9 +9,11 @@ refuses. We never unpickle arbitrary objects unless the caller says the file is 
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
+from ..limits import MAX_FINITE_MAGNITUDE
 from ..regular_file import NotARegularFileError, regular_file_size
 
 __all__ = [
@@ -34,12 +37,15 @@ __all__ = [
     "normalize_state_dict",
     "read_checkpoint_file",
     "read_safetensors_metadata",
+    "suspicious_values",
+    "warn_suspicious_values",
 ]
 
 # Envelopes tried in order. "model" first: the official releases keep their published (EMA) weights there.
 _ENVELOPE_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 10  # keys listed per category in a mismatch error
+_MAX_ENVELOPES = 8  # real files nest at most two ({"model": {...}}, mmdet's {"state_dict": ...})
 
 # What a checkpoint file may hold (its size, or what its zip members inflate to) when no model says how
 # big it should be: generous for any VMamba checkpoint with optimizer state; the one place this is set.
@@ -138,54 +144,70 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def read_checkpoint_file(path: Path, trust_pickle: bool, max_bytes: int | None = None) -> Any:
     """The raw object in a checkpoint file (safetensors dict, or an unpickled .pth only if trusted).
 
     Only a regular file is read, and only if it (and, for a zip, what its members declare unpacked) fits
     ``max_bytes`` (default DEFAULT_CHECKPOINT_BUDGET; see checkpoint_budget for one from the model).
+    Every refusal is a CheckpointError naming the file, whatever the reader raised underneath.
     """
     _check_budget(path, _regular_size(path), DEFAULT_CHECKPOINT_BUDGET if max_bytes is None else max_bytes)
+    corrupt = "not a torch checkpoint or corrupt ({}); pass an intact checkpoint file"
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(e)})") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(
-                f"{path}: not a torch checkpoint or corrupt ({str(e).splitlines()[0]})"
-            ) from e
+            raise CheckpointError(f"{path}: {corrupt.format(_reason(e))}") from e
         if not trust_pickle:
             raise UntrustedCheckpointError(
                 f"{path}: this pickle holds objects other than tensors and plain containers (e.g. the yacs "
                 "config the official training script saves), so it was not loaded with weights_only=True. "
                 "If you trust the file, pass trust_pickle=True, or convert it once with "
-                f"`adaptor-peft convert {path} OUT.safetensors` (trusted) and use the safetensors file."
+                f"`adaptor-peft convert --trust-pickle {path} OUT.safetensors` and use the safetensors file."
             ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a torch checkpoint or corrupt ({str(e).splitlines()[0]})") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # a damaged pickle or zip: KeyError, IndexError, EOFError, RecursionError, ...
+        raise CheckpointError(f"{path}: {corrupt.format(_reason(e))}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except MemoryError:
+        raise
     except Exception as e:
-        raise CheckpointError(f"{path}: could not be unpickled even as trusted ({e})") from e
+        raise CheckpointError(f"{path}: could not be unpickled even as trusted ({_reason(e)})") from e
 
 
 def _unwrap(obj: Any, source: str) -> Mapping[str, Any]:
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: expected a state dict (a mapping), got {type(obj).__name__}")
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    for key in _ENVELOPE_KEYS:
-        inner = obj.get(key)
-        if isinstance(inner, Mapping):
-            return _unwrap(inner, f"{source}[{key!r}]")
+    """The state dict inside the envelopes (iterative: a crafted file may nest them without end)."""
+    root = source
+    for _ in range(_MAX_ENVELOPES + 1):
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{source}: expected a state dict (a mapping), got {type(obj).__name__}")
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        inner = next((k for k in _ENVELOPE_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise CheckpointError(
+                f"{source}: no state dict found; top-level keys {sorted(map(str, obj))[:12]} hold no tensors "
+                f"and none of {list(_ENVELOPE_KEYS)} is a state dict"
+            )
+        obj, source = obj[inner], f"{source}[{inner!r}]"
     raise CheckpointError(
-        f"{source}: no state dict found; top-level keys {sorted(map(str, obj))[:12]} hold no tensors and"
-        f" none of {list(_ENVELOPE_KEYS)} is a state dict"
+        f"{root}: the state dict is nested in more than {_MAX_ENVELOPES} envelopes "
+        f"({list(_ENVELOPE_KEYS)}); not a checkpoint"
     )
 
 
@@ -214,6 +236,39 @@ def normalize_state_dict(
     return out
 
 
+def suspicious_values(tensor: torch.Tensor) -> str | None:
+    """Why a floating tensor's values are suspect (NaN/Inf, or finite beyond MAX_FINITE_MAGNITUDE), or None.
+
+    One pass (aminmax) and no copy of the tensor unless it does hold a NaN or Inf.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return None
+    lo, hi = (float(v) for v in torch.aminmax(tensor.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates into aminmax, Inf shows as is
+        bad = int((~torch.isfinite(tensor)).sum())
+        return f"{bad} of {tensor.numel()} values are NaN or Inf"
+    peak = max(abs(lo), abs(hi))
+    if peak > MAX_FINITE_MAGNITUDE:
+        return (
+            f"holds finite values up to {peak:.3g} in magnitude (over {MAX_FINITE_MAGNITUDE:.0e}: "
+            "corrupted or crafted?)"
+        )
+    return None
+
+
+def warn_suspicious_values(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """One warning naming the first tensor with NaN/Inf or huge values (and how many others have them)."""
+    found = [(k, why) for k in sorted(tensors) if (why := suspicious_values(tensors[k])) is not None]
+    if found:
+        name, why = found[0]
+        more = f" (and {len(found) - 1} more tensors)" if len(found) > 1 else ""
+        warnings.warn(
+            f"{source} [{name}]: {why}{more}; loaded anyway: outputs will be NaN or wrong unless this is "
+            "replaced (check the file)",
+            stacklevel=3,
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike, trust_pickle: bool = False, max_bytes: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -224,7 +279,9 @@ def load_checkpoint(
     path = Path(path)
     if not os.path.lexists(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    return normalize_state_dict(read_checkpoint_file(path, trust_pickle, max_bytes), source=str(path))
+    state_dict = normalize_state_dict(read_checkpoint_file(path, trust_pickle, max_bytes), source=str(path))
+    warn_suspicious_values(state_dict, path)
+    return state_dict
 
 
 def _model_name(model: nn.Module) -> str:

@@ -20,6 +20,7 @@ from ..atomic import atomic_write_bytes
 from ..limits import check_model_limits
 from ..shipped import ASSET_PREFIX, resolve_asset
 from .checkpoint import (
+    CheckpointError,
     checkpoint_budget,
     config_from_yacs,
     load_checkpoint,
@@ -100,8 +101,8 @@ def _resolve(
             )
         try:
             config = json.loads(meta["config"])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: the 'config' metadata is not valid JSON ({e})") from e
+        except (ValueError, RecursionError) as e:  # RecursionError: nested without end
+            raise ValueError(f"{path}: the 'config' metadata is not valid JSON ({type(e).__name__})") from e
         if not isinstance(config, dict):
             kind = type(config).__name__
             raise ValueError(f"{path}: the 'config' metadata must be a JSON object, got {kind}")
@@ -228,6 +229,23 @@ def model_info(name_or_config: str | os.PathLike | Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _metadata_config(src: Path, text: str | None) -> dict[str, Any] | None:
+    """The 'config' metadata of a safetensors checkpoint as a dict (CheckpointError naming the file)."""
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as e:  # RecursionError: nested without end
+        raise CheckpointError(
+            f"{src}: its 'config' metadata is not valid JSON ({type(e).__name__}); fix or drop that field"
+        ) from e
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{src}: its 'config' metadata must be a JSON object, got {type(config).__name__}; fix that field"
+        )
+    return config
+
+
 def convert_checkpoint(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -247,7 +265,7 @@ def convert_checkpoint(
     arch = None
     if config is None and src.suffix == ".safetensors":
         meta = read_safetensors_metadata(src)
-        config = json.loads(meta["config"]) if "config" in meta else None
+        config = _metadata_config(src, meta.get("config"))
         arch = meta.get("arch")
     if config is None and isinstance(raw, Mapping) and "config" in raw:
         config = config_from_yacs(raw["config"])

@@ -1,7 +1,9 @@
 """Mamba-Adaptor as a registered peft tuner (config, layer, model), registered on import.
 
 peft 0.21's ``register_peft_method`` only accepts names already in its closed ``PeftType`` enum, so we
-write our own str enum member into peft.mapping's three tables instead (docs/ecosystem.md §1.4).
+write our own str enum member into peft.mapping's three tables instead (docs/ecosystem.md §1.4), and
+wrap ``PeftModel.from_pretrained`` / ``load_adapter`` so that loading one of our adapters gets the checks of
+``load_adaptors`` and leaves the caller's model as it was when it fails (:mod:`.guard`).
 After ``import adaptor_peft``: ``peft.get_peft_model``, ``PeftModel.from_pretrained``,
 ``PeftConfig.from_pretrained`` and named adapters all work with ``MambaAdaptorPeftConfig``.
 """
@@ -17,6 +19,7 @@ from torch import nn
 
 from adaptor_peft.adaptors import MambaAdaptorConfig
 
+from . import guard
 from .config import AdaptorPeftType, MambaAdaptorPeftConfig
 from .layer import MambaAdaptorLayer
 from .model import MambaAdaptorModel
@@ -28,6 +31,7 @@ def register() -> None:
     PEFT_TYPE_TO_CONFIG_MAPPING[key] = MambaAdaptorPeftConfig
     PEFT_TYPE_TO_TUNER_MAPPING[key] = MambaAdaptorModel
     PEFT_TYPE_TO_PREFIX_MAPPING[key] = MambaAdaptorModel.prefix
+    guard.install()  # from_pretrained / load_adapter of our adapters: checked, and undone on failure
 
 
 register()

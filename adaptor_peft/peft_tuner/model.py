@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper, _set_trainable
 from torch import nn
@@ -13,6 +14,7 @@ from adaptor_peft.adaptors import MambaAdaptorConfig
 from adaptor_peft.adaptors.selection import NORM_TYPES, find_ss2d, select_blocks
 
 from .config import MambaAdaptorPeftConfig
+from .guard import check_state_dict
 from .layer import ADAPTOR_MODULES, HOOKS, MERGE_ERROR, MambaAdaptorLayer
 
 PREFIX = "mamba_adaptor_"
@@ -176,6 +178,17 @@ class MambaAdaptorModel(BaseTuner):
     ) -> None:
         # peft's default copies child.weight onto the new module, which weightless containers lack.
         setattr(parent, child_name, new_module)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: Any, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """peft's key remapping, then our checks (finite values, fitting shapes) before anything loads."""
+        remapped = super()._remap_adapter_state_dict_for_load(
+            model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
+        )
+        check_state_dict(model, state_dict, remapped)
+        return remapped
 
     def _check_merge_allowed(self) -> None:
         raise NotImplementedError(MERGE_ERROR)

@@ -30,6 +30,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..atomic import atomic_write_text
+from ..regular_file import read_bounded
 
 if TYPE_CHECKING:  # accelerate is imported when a run starts
     from accelerate import Accelerator
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # accelerate is imported when a run starts
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
 _PREFIX = "step_"
+_MAX_JSON_BYTES = 1 << 20  # state.json, manifest.json and latest hold a few hundred bytes
 
 
 class CheckpointError(RuntimeError):
@@ -187,7 +189,7 @@ class WorldSizeMismatchError(CheckpointError):
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(read_bounded(path, _MAX_JSON_BYTES))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
         raise CheckpointError(f"{path}: unreadable {what} ({type(exc).__name__})") from None
 
@@ -250,7 +252,7 @@ def find_resumable(run_dir: Path, world_size: int | None = None) -> tuple[Path |
     latest = root / LATEST
     if latest.is_file():
         try:
-            name = latest.read_bytes()[:64].decode("ascii").strip()
+            name = read_bounded(latest, _MAX_JSON_BYTES)[:64].decode("ascii").strip()
         except (OSError, UnicodeDecodeError):
             name = None
         if name is None or not (name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit()):
@@ -303,4 +305,4 @@ def load_checkpoint_state(
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
     rng_file = folder / f"rng_rank{accelerator.process_index}.pt"
     set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
-    return json.loads((folder / "state.json").read_text())
+    return json.loads(read_bounded(folder / "state.json", _MAX_JSON_BYTES))

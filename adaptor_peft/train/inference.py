@@ -41,17 +41,12 @@ class TrainedModel:
 def _training_metadata(path: Path) -> tuple[dict[str, Any], int]:
     """(metadata the trainer stored, head size or 0) of a trained file: an adaptor file's validated
     user metadata, or the JSON-valued metadata of the other methods' files (linear probe, LoRA, full)."""
-    from adaptor_peft.io import (
-        META_FORMAT_VERSION,
-        AdaptorMetadataError,
-        parse_adaptor_header,
-        read_safetensors,
-    )
+    from adaptor_peft.io import META_FORMAT_VERSION, AdaptorMetadataError, read_adaptor_file
     from adaptor_peft.models.checkpoint import read_safetensors_metadata
 
     raw_meta = read_safetensors_metadata(path)
-    if META_FORMAT_VERSION in raw_meta:  # a Mamba-Adaptor file: validate it like load_adaptors will
-        header = parse_adaptor_header(read_safetensors(path, header_only=True))
+    if META_FORMAT_VERSION in raw_meta:  # an adaptor file: checksum verified before its recipe is used
+        header, _ = read_adaptor_file(path)
         meta, head = header.user_metadata, int(header.base_config.get("num_classes", 0) or 0)
         hint = "load it in Python with adaptor_peft.load_adaptors(base_model, path)"
     else:
@@ -83,6 +78,34 @@ def _safetensors_meta(path: Path) -> dict[str, Any]:
     return out
 
 
+def _check_buildable(data: dict[str, Any], path: Path) -> None:
+    """A trained file's recipe may rebuild only our models, never a download: refused before building."""
+    from adaptor_peft.io import AdaptorMetadataError
+    from adaptor_peft.models import list_models
+
+    model = data.get("model", Recipe.model)
+    if not (
+        isinstance(model, dict)
+        or (isinstance(model, str) and (model in list_models() or is_checkpoint_model(model)))
+    ):
+        raise AdaptorMetadataError(
+            path,
+            f"its recipe names the model {str(model)[:80]!r}, not an adaptor_peft model (a name from "
+            "adaptor_peft.list_models(), a config or a .safetensors file); a trained file rebuilds only "
+            "those: pass the run directory instead",
+            key="recipe.model",
+        )
+    kwargs = data.get("model_kwargs")
+    fetch = sorted(k for k in kwargs if str(k).startswith("pretrained")) if isinstance(kwargs, dict) else []
+    if fetch:
+        raise AdaptorMetadataError(
+            path,
+            f"its recipe sets model_kwargs {fetch}: a trained file never downloads weights; pass the base "
+            "checkpoint with --base instead",
+            key="recipe.model_kwargs",
+        )
+
+
 def _from_trained_file(path: Path, base: str | os.PathLike | None) -> tuple[Recipe, list[str]]:
     """The training recipe and class names a file written by `adaptor-peft train` carries in its header.
 
@@ -92,6 +115,7 @@ def _from_trained_file(path: Path, base: str | os.PathLike | None) -> tuple[Reci
     """
     meta, head = _training_metadata(path)
     data = dict(meta["recipe"])
+    _check_buildable(data, path)
     if base is not None:
         base = resolve_path(base)
         if not base.is_file():

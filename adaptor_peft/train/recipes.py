@@ -29,6 +29,7 @@ from ..limits import (
     check_adaptor_limits,
     check_model_limits,
 )
+from ..regular_file import FileTooLargeError, read_bounded
 from ..shipped import ASSET_PREFIX, ASSETS_DIR  # noqa: F401  (ASSETS_DIR: re-exported for callers)
 
 #: Where ``recipes/`` lives in a source checkout (recipes may be named without a path: ``quickstart``).
@@ -450,14 +451,13 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
 def read_recipe_file(source: str | os.PathLike, error: type[RecipeError] = RecipeError) -> tuple[dict, str]:
     """(the YAML mapping, the path as text) of a recipe file found by ``resolve_recipe_path``."""
     path = resolve_recipe_path(source)
-    size = path.stat().st_size
-    if size > MAX_RECIPE_BYTES:
+    try:  # bounded: a FIFO, /dev/zero or a giant named recipe.yaml is refused unread
+        text = read_bounded(path, MAX_RECIPE_BYTES).decode()
+    except FileTooLargeError:
         raise error(
-            f"{path}: {size} bytes, more than the recipe limit {MAX_RECIPE_BYTES} "
+            f"{path}: {path.stat().st_size} bytes, more than the recipe limit {MAX_RECIPE_BYTES} "
             "(adaptor_peft.limits.MAX_RECIPE_BYTES): not a recipe; check the file"
-        )
-    try:
-        text = path.read_text()
+        ) from None
     except (UnicodeDecodeError, OSError) as exc:
         raise error(f"{path}: cannot be read as text ({exc})") from None
     data = load_yaml_bounded(text, str(path), error) or {}

@@ -35,7 +35,11 @@ def _pid_alive(pid: int) -> bool:
 
 def _read_owner(path: Path) -> str:
     try:
-        text = path.read_bytes()[:64].decode("ascii", errors="replace").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # 64 bytes at most; a FIFO does not block
+        try:
+            text = os.read(fd, 64).decode("ascii", errors="replace").strip()
+        finally:
+            os.close(fd)
     except OSError:
         return "?"
     return text or "?"

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader
 
 from ..adaptors import TrainableReport, trainable_report
 from ..atomic import atomic_write_text
+from ..limits import MAX_RECIPE_BYTES
+from ..regular_file import read_bounded
 from .booster import booster_param_groups
 from .build import TrainData, build_data, build_model, build_sources
 from .checkpointing import (
@@ -37,7 +39,7 @@ from .checkpointing import (
 from .data import DataError, ImageSource
 from .methods import Method, get_method, head_param_names
 from .metrics import ClassificationMeter
-from .recipes import Recipe, RecipeError, load_recipe
+from .recipes import Recipe, RecipeError, load_recipe, load_yaml_bounded
 from .run_lock import RunDirError, RunDirLock, RunDirLockedError
 from .tracking import JsonlLog, plot_curves
 
@@ -243,7 +245,7 @@ def check_resume_recipe(saved_path: Path, recipe: Recipe) -> None:
     if not saved_path.exists():
         return
     try:
-        saved = yaml.safe_load(saved_path.read_bytes())
+        saved = load_yaml_bounded(read_bounded(saved_path, MAX_RECIPE_BYTES).decode(), str(saved_path))
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ResumeMismatchError(
             f"{saved_path}: unreadable saved recipe ({type(exc).__name__}); restore it or pass overwrite=true"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -115,3 +117,76 @@ def die_after_checkpoint(monkeypatch, at_step: int) -> None:
         return path
 
     monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
+
+
+# ---------------------------------------------------------------------------------- capped child processes
+CHILD_CAP_BYTES = 4 << 30  # torch + peft take ~1 GB of address space; a hostile input wants far more
+CHILD_TIMEOUT_S = 180
+
+_CHILD_PRELUDE = """
+import json, resource, sys, time, warnings
+resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+sys.path.insert(0, {tests!r})
+"""
+_CHILD_RUN = """
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+_out = {}
+for _name, _call in CASES.items():
+    _before, _t0, _exc, _value = _rss_mb(), time.perf_counter(), None, None
+    with warnings.catch_warnings(record=True) as _caught:
+        warnings.simplefilter("always")
+        try:
+            _value = _call()
+        except Exception as exc:
+            _exc = exc
+    _out[_name] = dict(
+        exc=type(_exc).__name__ if _exc else None,
+        bases=[c.__name__ for c in type(_exc).__mro__] if _exc else [],
+        msg=str(_exc) if _exc else "",
+        seconds=time.perf_counter() - _t0,
+        growth_mb=_rss_mb() - _before,
+        warnings=[str(w.message) for w in _caught],
+        value=_value if isinstance(_value, (bool, int, float, str, list, dict, type(None))) else repr(_value),
+    )
+print("RESULT " + json.dumps(_out))
+"""
+
+
+def run_capped_cases(code: str, cwd: Path) -> dict[str, dict]:
+    """Run ``code`` (it builds what it needs and defines ``CASES``: name -> zero-argument callable) in a
+    fresh interpreter under an address-space cap and a timeout; per case: the exception (name, bases,
+    message), seconds, growth of peak RSS in MB, the warnings and the returned value."""
+    tests = str(Path(__file__).resolve().parents[1])
+    program = _CHILD_PRELUDE.format(cap=CHILD_CAP_BYTES, tests=tests) + code + _CHILD_RUN
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(tests).parent),
+        "OMP_NUM_THREADS": "1",  # the address-space cap must not depend on the core count
+        "MALLOC_ARENA_MAX": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        env=env,
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    tail = f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert lines, f"child reported nothing (rc {done.returncode}):\n{tail}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def assert_named_refusal(
+    result: dict, exc: str, *words: str, seconds: float = 10.0, growth_mb: float = 200.0
+) -> None:
+    """``exc`` (or a subclass) with a one-line message naming ``words``, fast and without a memory spike."""
+    assert exc in result["bases"], result
+    for w in words:
+        assert w in result["msg"], (w, result)
+    assert "\n" not in result["msg"], result
+    assert result["seconds"] < seconds, result
+    assert result["growth_mb"] < growth_mb, result
