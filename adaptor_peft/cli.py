@@ -331,7 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         for python, flag in _CLI_SPELLING.items():  # library hints name Python arguments
             message = message.replace(python, flag)
-        print(f"error: {message}", file=sys.stderr)
+        from adaptor_peft.printable import printable
+
+        # Messages quote file names, keys and values from files: escape what a terminal would act on.
+        print(f"error: {printable(message)}", file=sys.stderr)
         return 1
 
 

@@ -289,3 +289,30 @@ def test_resume_extends_a_finished_run_and_replans_the_schedule(tmp_path, capsys
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert (out / "adaptor.safetensors").read_bytes() != before
+
+
+# --- hostile run folders and terminal escapes (issue 19) ---------------------------------------------
+
+
+def test_eval_refuses_an_oversized_result_json_without_reading_it(folder_run, tmp_path, capsys):
+    """A run's result.json swapped for a sparse 100 MB file is refused by size, naming it (no read)."""
+    run = tmp_path / "run"
+    shutil.copytree(folder_run / "run", run)
+    result = run / "result.json"
+    result.unlink()
+    with open(result, "wb") as f:
+        f.truncate(100 << 20)  # sparse: costs no disk, but json.loads(read_text()) would read it all
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert str(result) in err and "104,857,600 bytes" in err and "67,108,864" in err
+
+
+def test_cli_errors_escape_terminal_control_characters(capsys):
+    """A name from the command line or a file reaches the terminal with ESC/BEL/bidi shown, not obeyed."""
+    hostile = "run_\x1b[2J\x07\u202eevil"  # eval's "not found" message quotes the path as given
+    assert main(["eval", hostile]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "\\x1b[2J\\x07\\u202eevil" in err

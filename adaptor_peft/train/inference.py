@@ -169,15 +169,34 @@ def _checkpoint_folder(path: Path) -> Path:
     return path
 
 
+#: result.json / state.json / adapter_config.json hold class names and settings: a few MB at most even
+#: for a million classes; anything larger (or a FIFO, a device) is refused before it is read.
+_MAX_RUN_JSON_BYTES = 64 << 20
+
+
+def _read_run_json(path: Path) -> dict[str, Any]:
+    """A run folder's small JSON file, size-bounded, as a mapping (ValueError naming the file otherwise)."""
+    from adaptor_peft.regular_file import read_bounded
+
+    try:
+        data = json.loads(read_bounded(path, _MAX_RUN_JSON_BYTES))
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: cannot be read ({reason}); restore it or retrain") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds {type(data).__name__}, not a JSON object; restore it or retrain")
+    return data
+
+
 def _run_classes(run_dir: Path, recipe: Recipe, folder: Path | None = None) -> list[str]:
     """Class names of a run: its checkpoint's state, its result.json, else its training data's."""
     if folder is not None:
-        state = json.loads((folder / "state.json").read_text())
+        state = _read_run_json(folder / "state.json")
         if isinstance(state.get("classes"), list):
             return [str(c) for c in state["classes"]]
     result_path = run_dir / RESULT_FILE
     if result_path.is_file():
-        result = json.loads(result_path.read_text())
+        result = _read_run_json(result_path)
         classes = list(result.get("classes") or [])
         num_classes = int(result.get("num_classes") or len(classes))
         return [str(c) for c in classes] or [str(i) for i in range(num_classes)]
@@ -341,10 +360,7 @@ def _from_peft_dir(folder: Path, base: str | os.PathLike | None) -> TrainedModel
     model file that carries its config; its metadata gives the preprocessing and class names."""
     if not (folder / PEFT_WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder}: peft adapter directory without {PEFT_WEIGHTS}")
-    try:
-        named = json.loads((folder / PEFT_CONFIG).read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{folder / PEFT_CONFIG}: cannot be read ({exc})") from None
+    named = _read_run_json(folder / PEFT_CONFIG).get("base_model_name_or_path")
     if base is None:
         if not named or not resolve_path(named).is_file():
             raise FileNotFoundError(
