@@ -17,7 +17,7 @@ from ..limits import ADAPTOR_LIMITS, MAX_HEADS_X_POINTS
 OFFSET_MODES = ("relative", "absolute")
 SELECTIONS = ("dynamic", "static")
 AGGREGATIONS = ("split", "sum")
-INITS = ("identity", "random")
+INITS = ("identity", "random_phi", "random")
 PHI_INPUTS = ("state", "state_mean")
 
 
@@ -47,7 +47,10 @@ class MambaAdaptorConfig:
         None  # global block indices or fnmatch patterns "layers.2.blocks.*"
     )
     # init
-    init: str = "identity"  # identity: gamma = 0, zero phi weights, zero convs; random: for from-scratch use
+    # identity: gamma = 0, zero phi weights, zero convs; random_phi: gamma = 0 but random phi weights
+    # (LoRA-style: only one factor zero, still the exact identity; see AdaptorT.reset_parameters);
+    # random: gamma = 1, random phi and convs, for from-scratch use (not an identity)
+    init: str = "identity"
     # what trains besides the adaptors (when the base is frozen)
     train_head: bool = True
     train_norms: bool = False
