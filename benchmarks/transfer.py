@@ -230,7 +230,10 @@ def param_counts(args: argparse.Namespace, entry: tuple) -> dict[str, Any]:
 
     method, options, lr = entry
     key = "method_options" if method.startswith("lora") else "adaptor"
-    recipe = load_recipe({"model": str(args.checkpoint), "reset_head": True, "method": method,
+    source = {"model": getattr(args, "model", None) or str(args.checkpoint)}
+    if getattr(args, "model", None):  # an official VMamba: name + weights file
+        source["checkpoint"] = str(args.checkpoint)
+    recipe = load_recipe({**source, "reset_head": True, "method": method,
                           **({key: dict(options)} if options else {})})  # fmt: skip
     model = build_model(recipe, 10)
     base = sum(p.numel() for p in model.parameters())
@@ -510,7 +513,20 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
     "adaptor_s": ("adaptor_s", dict(V2_BASE), LR_ADAPTOR, "S only"),
     "adaptor_t_norms": ("adaptor_t", {**V2_BASE, "train_norms": True}, LR_ADAPTOR, "T only +norms"),
     "adaptor_t": ("adaptor_t", dict(V2_BASE), LR_ADAPTOR, "T only"),
+    "adaptor_ts_norms_rphi": (
+        "adaptor_ts",
+        {**V2_BASE, "train_norms": True, "init": "random_phi"},
+        LR_ADAPTOR,
+        "T+S +norms, init random_phi (gamma 0, random phi)",
+    ),
 }
+
+#: Budget-matched comparisons: (label, reference); the table states the trainable ratio (w/o head).
+BUDGET_PAIRS = [
+    ("lora_r8", "adaptor_ts_norms"),
+    ("adaptor_ts_s012", "lora_r4"),
+    ("adaptor_s_norms", "lora_r4"),
+]
 
 #: target -> how it is built and trained: image size, classes, epochs (the budget), test size.
 V2_TARGETS: dict[str, dict[str, Any]] = {
@@ -520,18 +536,18 @@ V2_TARGETS: dict[str, dict[str, Any]] = {
     "pairs": {
         "img_size": 64,
         "classes": 2,
-        "epochs": 12,
+        "epochs": 8,
         "what": "two-digit parity, 64x64 (label = (d1 + d2) mod 2, digits in opposite corners)",
     },
     "pairs_local": {
         "img_size": 64,
         "classes": 2,
-        "epochs": 12,
+        "epochs": 8,
         "what": "control: same canvases, label = d1 mod 2 (top-left digit only)",
     },
 }
 LFW_TEST = 80
-PAIRS_TRAIN, PAIRS_TEST = 2000, 1000
+PAIRS_TRAIN, PAIRS_TEST = 1000, 1000
 
 
 def _pairs(x: np.ndarray, y: np.ndarray, n: int, seed: int, local: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -545,9 +561,19 @@ def _pairs(x: np.ndarray, y: np.ndarray, n: int, seed: int, local: bool) -> tupl
     return canvas, label.astype(np.int64)
 
 
-def prepare_v2_data(work: Path, mnist_train: Path, mnist_test: Path, target: str) -> dict[str, Path]:
-    """The target's train / test / sel_train / sel_val npz files (written once, atomically)."""
+def prepare_v2_data(
+    work: Path, mnist_train: Path, mnist_test: Path, target: str, vtab_root: Path | None = None
+) -> dict[str, Path]:
+    """The target's train / test / sel_train / sel_val data (npz written once; VTAB: link trees)."""
     from adaptor_peft.train.data import stratified_subset
+
+    task = V2_TARGETS.get(target, {}).get("vtab")
+    if task:
+        if vtab_root is None:
+            raise SystemExit(f"target '{target}' needs --vtab-root")
+        from vtab import prepare_task
+
+        return prepare_task(vtab_root, work / "v2" / "vtab", task)
 
     d = work / "v2" / "data"
     paths = {k: d / f"{target}_{k}.npz" for k in ("train", "test", "sel_train", "sel_val")}
@@ -595,18 +621,18 @@ def v2_run_dir(work: Path, stage: str, target: str, label: str, lr: float, seed:
 def v2_recipe(spec: dict[str, Any]) -> dict[str, Any]:
     """The trainer recipe of one v2 run (spec: label, target, stage, lr, seed, epochs, paths, ...)."""
     method, options, _, _ = V2_ENTRIES[spec["label"]]
-    tgt = V2_TARGETS[spec["target"]]
+    tgt = spec.get("tgt") or V2_TARGETS[spec["target"]]
     select = spec["stage"] == "select"
     recipe: dict[str, Any] = {
         "name": f"{spec['label']}/{spec['target']}/{spec['stage']}/lr{spec['lr']}/seed{spec['seed']}",
-        "model": spec["checkpoint"],
+        "model": spec.get("model") or spec["checkpoint"],
         "reset_head": True,
         "num_classes": tgt["classes"],
         "method": method,
         "train_data": spec["data"]["sel_train" if select else "train"],
         "eval_data": spec["data"]["sel_val" if select else "test"],
-        "img_size": tgt["img_size"],
-        "resize": "pad",
+        "img_size": spec.get("img_size") or tgt["img_size"],
+        "resize": tgt.get("resize", "pad"),
         "batch_size": spec["batch_size"],
         "eval_batch_size": 250,
         "epochs": spec["epochs"],
@@ -622,6 +648,9 @@ def v2_recipe(spec: dict[str, Any]) -> dict[str, Any]:
         "output_dir": spec["run_dir"],
         "overwrite": True,
     }
+    if spec.get("model"):  # an official VMamba: name + weights, ImageNet statistics
+        recipe["checkpoint"] = spec["checkpoint"]
+        recipe["mean"], recipe["std"] = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     if select:  # the validation curve: one evaluation per epoch (the test split is never seen here)
         recipe["eval_every"] = spec["steps_per_epoch"]
         recipe["eval_at_start"] = False
@@ -639,8 +668,8 @@ def v2_worker(run_dir: Path) -> None:
     spec = json.loads((run_dir / "spec.json").read_text())
     torch.set_num_threads(spec["threads"])
     method, options, _, _ = V2_ENTRIES[spec["label"]]
-    ns = argparse.Namespace(checkpoint=spec["checkpoint"])
-    params = param_counts_v2(ns, method, options, V2_TARGETS[spec["target"]]["classes"])
+    ns = argparse.Namespace(checkpoint=spec["checkpoint"], model=spec.get("model"))
+    params = param_counts_v2(ns, method, options, (spec.get("tgt") or V2_TARGETS[spec["target"]])["classes"])
     t0 = time.time()
     res = train(v2_recipe(spec))
     evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines() if line.strip()]
@@ -706,13 +735,22 @@ def _launch(specs: list[dict[str, Any]], jobs: int) -> None:
 def _spec(args: argparse.Namespace, stage: str, target: str, label: str, lr: float, seed: int,
           data: dict[str, Path]) -> dict[str, Any]:  # fmt: skip
     epochs = args.epochs or V2_TARGETS[target]["epochs"]
-    n_train = len(np.load(data["sel_train" if stage == "select" else "train"])["y"])
+    n_train = count_images(data["sel_train" if stage == "select" else "train"])
     return {
+        "model": args.model, "img_size": args.img_size, "tgt": V2_TARGETS[target],
         "label": label, "target": target, "stage": stage, "lr": lr, "seed": seed, "epochs": epochs,
         "batch_size": args.batch_size, "threads": args.threads, "checkpoint": str(args.checkpoint),
         "steps_per_epoch": n_train // args.batch_size, "data": {k: str(v) for k, v in data.items()},
         "run_dir": str(v2_run_dir(args.work_dir, stage, target, label, lr, seed, args)),
     }  # fmt: skip
+
+
+def count_images(path: Path) -> int:
+    """Images in an npz (len of y) or an ImageFolder tree (files in its class folders)."""
+    if Path(path).is_dir():
+        return sum(1 for c in Path(path).iterdir() if c.is_dir() for f in c.iterdir() if f.is_file())
+    with np.load(path) as npz:
+        return len(npz["y"])
 
 
 def _done(spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -730,16 +768,23 @@ def best_lr(rows: list[dict[str, Any]]) -> float | None:
 def run_v2(args: argparse.Namespace) -> dict[str, Any]:
     """Selection then final runs for every (target, label); returns every finished run, by stage."""
     labels = args.methods or list(V2_ENTRIES)
-    out: dict[str, Any] = {"select": {}, "final": {}}
+    out: dict[str, Any] = {"select": {}, "final": {}, "plan": []}
     for target in args.targets:
-        data = prepare_v2_data(args.work_dir, args.mnist_train, args.mnist_test, target)
+        data = prepare_v2_data(args.work_dir, args.mnist_train, args.mnist_test, target, args.vtab_root)
         sel_target = args.select_on.get(target, target)
-        sel_data = prepare_v2_data(args.work_dir, args.mnist_train, args.mnist_test, sel_target)
+        sel_data = prepare_v2_data(
+            args.work_dir, args.mnist_train, args.mnist_test, sel_target, args.vtab_root
+        )
         grid_specs = {
             label: [_spec(args, "select", sel_target, label, lr, 0, sel_data) for lr in V2_ENTRIES[label][2]]
             for label in labels
         }
         todo = [s for specs in grid_specs.values() for s in specs if _done(s) is None]
+        if args.dry_run:  # the plan only: sizes per split, the grid's runs, and the final runs to come
+            sizes = {k: count_images(v) for k, v in data.items()}
+            out["plan"].append({"target": target, "sizes": sizes, "select_runs": len(todo),
+                                "final_runs": len(labels) * len(args.seeds)})  # fmt: skip
+            continue
         if todo and not args.cached_only:
             _launch(todo, args.jobs)
         finals = []
@@ -902,7 +947,25 @@ def markdown_v2(res: dict[str, Any], args: argparse.Namespace, command: str, wal
                      grid or "-", f"{lr:g}" if lr else "-", acc, delta, step]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _budget_lines(sel, fin)
     return "\n".join(lines)
+
+
+def _budget_lines(sel: dict[str, Any], fin: dict[str, Any]) -> list[str]:
+    """One line per BUDGET_PAIRS entry present: trainable ratio (w/o head) and the test top-1 gap."""
+    out = []
+    for label, ref in BUDGET_PAIRS:
+        a, b = (fin.get(label) or sel.get(label)), (fin.get(ref) or sel.get(ref))
+        if not (a and b):
+            continue
+        na, nb = a[0]["params"]["trainable_no_head"], b[0]["params"]["trainable_no_head"]
+        pct = 100 * (na / nb - 1)
+        line = f"- budget match: `{label}` {na:,} trainable w/o head = {pct:+.1f}% of `{ref}` ({nb:,})"
+        if fin.get(label) and fin.get(ref):
+            gap = _mean_std([r["top1"] for r in fin[label]])[0] - _mean_std([r["top1"] for r in fin[ref]])[0]
+            line += f"; test top-1 `{label}` - `{ref}` = {gap:+.2f} points"
+        out.append(line + ".")
+    return out + ([""] if out else [])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -914,8 +977,8 @@ def main(argv: list[str] | None = None) -> None:
         "--targets",
         nargs="+",
         default=None,
-        choices=sorted({*TARGETS, *V2_TARGETS}),
-        help="v1: mnist digits; --v2: mnist digits lfw pairs pairs_local (default: the first 3)",
+        help="v1: mnist digits; --v2: mnist digits lfw pairs pairs_local (default: the first 3) or "
+        "vtab_<task> with --vtab-root",
     )
     ap.add_argument("--protocols", nargs="+", default=["low"], choices=PROTOCOLS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -930,6 +993,19 @@ def main(argv: list[str] | None = None) -> None:
         help="v2: reuse SOURCE's validation selection for TARGET (e.g. digits=mnist)",
     )
     ap.add_argument("--select-only", action="store_true", help="v2: run the lr grids, no final runs")
+    ap.add_argument(
+        "--vtab-root",
+        type=Path,
+        default=None,
+        help="v2: a VTAB-1k root (<task>/train800.txt, val200.txt, train800val200.txt, test.txt)",
+    )
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="v2: a model name (e.g. vmamba_tiny_s1l8) whose weights are --checkpoint",
+    )
+    ap.add_argument("--img-size", type=int, default=None, help="v2: override the input size (VTAB: 224)")
+    ap.add_argument("--dry-run", action="store_true", help="v2: prepare data, print the plan, train nothing")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--jobs", type=int, default=2, help="workers (methods) run at the same time")
@@ -953,6 +1029,8 @@ def main(argv: list[str] | None = None) -> None:
         main_v2(ap, args, argv)
         return
     args.targets = args.targets or list(TARGETS)
+    if any(t not in TARGETS for t in args.targets):
+        ap.error(f"--targets {args.targets}: the v1 protocol knows {list(TARGETS)} (the others need --v2)")
     if args.worker:
         run_worker(args)
         return
@@ -981,6 +1059,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def main_v2(ap: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> None:
     """Protocol v2: lr grids on validation splits, final runs, then table, curves and Pareto plot."""
+    if args.vtab_root is not None:  # one target per task folder present (or those --targets names)
+        from vtab import VTAB_TASKS, present_tasks
+
+        for task in present_tasks(args.vtab_root):
+            V2_TARGETS[f"vtab_{task}"] = {"img_size": args.img_size or 224, "classes": VTAB_TASKS[task],
+                                         "epochs": 100, "what": f"VTAB-1k {task}", "vtab": task,
+                                         "resize": "resize"}  # fmt: skip
+        args.targets = args.targets or [t for t in V2_TARGETS if t.startswith("vtab_")]
     args.targets = args.targets or ["mnist", "digits", "lfw"]
     unknown = [m for m in args.methods or [] if m not in V2_ENTRIES]
     if unknown:
@@ -997,6 +1083,13 @@ def main_v2(ap: argparse.ArgumentParser, args: argparse.Namespace, argv: list[st
     t0 = time.time()
     res = run_v2(args)
     wall = time.time() - t0
+    if args.dry_run:
+        for item in res["plan"]:
+            print(f"{item['target']}: images {item['sizes']}; {item['select_runs']} selection runs to do, "
+                  f"then {item['final_runs']} final runs")  # fmt: skip
+        total = sum(i["select_runs"] + i["final_runs"] for i in res["plan"])
+        print(f"dry run: {len(res['plan'])} target(s), {total} runs planned; nothing trained")
+        return
     stem = args.stem or "transfer_v2"
     text = markdown_v2(res, args, command, wall)
     payload = {"command": command, "wall_s": wall, "batch_size": args.batch_size, "seeds": args.seeds,
