@@ -41,9 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from adaptor_peft.atomic import atomic_write_bytes, atomic_write_text
-
 REPO = Path(__file__).resolve().parents[1]
+# Measure the checkout this script lives in, not whichever adaptor_peft the environment installed
+# (an editable install of another worktree would otherwise be imported by the runs).
+sys.path.insert(0, str(REPO))
+
+from adaptor_peft.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+
 ASSETS = REPO / "adaptor_peft" / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "vmamba_fmnist_d32.safetensors"
 RESULTS = REPO / "benchmarks" / "results"
@@ -490,14 +494,18 @@ def plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
 # Each run is one subprocess; a finished run leaves ``bench.json`` and is never retrained.
 
 V2_BASE = dict(ADAPTOR_BASE)  # MambaAdaptorConfig()'s defaults: K4 S2 d(1,2,3), phi shared
-LR_ADAPTOR = [1e-2, 3e-2, 1e-1]  # the issue's user trial: 3e-3 (the recipe's) was worst for the adaptor
+#: The adaptor's grid: the issue's user trial found 3e-3 (the recipe's) worst for the adaptor; on this
+#: machine's budget the grid was narrowed to [3e-2, 1e-1] after adaptor_ts_norms's full grid on MNIST
+#: (1e-2: 80.0, 3e-2: 83.0, 1e-1: 82.5 validation top-1).
+LR_ADAPTOR_WIDE = [1e-2, 3e-2, 1e-1]
+LR_ADAPTOR = [3e-2, 1e-1]
 LR_PEFT = [3e-3, 1e-2, 3e-2]
-LR_PROBE = [1e-2, 3e-2, 1e-1]
+LR_PROBE = [3e-2, 1e-1]
 LR_FULL = [3e-4, 1e-3]  # v1's selection: 3e-3 was worse than 1e-3
 
 #: label -> (trainer method, options, lr grid, what it is).
 V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
-    "adaptor_ts_norms": ("adaptor_ts", {**V2_BASE, "train_norms": True}, LR_ADAPTOR, "T+S +norms"),
+    "adaptor_ts_norms": ("adaptor_ts", {**V2_BASE, "train_norms": True}, LR_ADAPTOR_WIDE, "T+S +norms"),
     "lora_r4": ("lora", {"r": 4, "alpha": 8}, LR_PEFT, "LoRA r4 a8 on in_proj/out_proj"),
     "full": ("full", {}, LR_FULL, "full fine-tuning"),
     "adaptor_ts": ("adaptor_ts", dict(V2_BASE), LR_ADAPTOR, "T+S, MambaAdaptorConfig() defaults"),
@@ -532,7 +540,7 @@ BUDGET_PAIRS = [
 V2_TARGETS: dict[str, dict[str, Any]] = {
     "mnist": {"img_size": 32, "classes": 10, "epochs": 12, "what": "MNIST 1k (shipped 2000 -> 1000)"},
     "digits": {"img_size": 32, "classes": 10, "epochs": 12, "what": "sklearn digits 1k (28x28 -> pad 32)"},
-    "lfw": {"img_size": 32, "classes": 2, "epochs": 60, "what": "LFW faces/non-faces 120 (25x25 -> 32)"},
+    "lfw": {"img_size": 32, "classes": 2, "epochs": 30, "what": "LFW faces/non-faces 120 (25x25 -> 32)"},
     "pairs": {
         "img_size": 64,
         "classes": 2,
