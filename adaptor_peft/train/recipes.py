@@ -49,6 +49,7 @@ METHOD_NAMES: list[str] = [
     "conv_tuning",
     "d_tuning",
     "full",
+    "hybrid",
     "linear_probe",
     "lora",
     "lora_x",
