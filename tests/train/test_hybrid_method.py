@@ -135,3 +135,29 @@ def test_bad_options_are_recipe_errors():
     recipe = load_recipe({"model": "test_vmamba", "method": "hybrid", "base_lr": 1e-4})
     with pytest.raises(RecipeError, match="'base_lr' does not apply"):
         get_method("hybrid").prepare(_model(), recipe)
+
+
+# ---------------------------------------------------------------------------------- gamma_lr
+def test_gamma_lr_puts_exactly_the_gammas_in_their_own_group():
+    from adaptor_peft.train.trainer import param_groups
+
+    model = get_method("adaptor").prepare(
+        _model(), load_recipe({"model": "test_vmamba", "method": "adaptor"})
+    )
+    plain = param_groups(model, load_recipe({"model": "test_vmamba", "lr": 1e-3}))
+    assert [g["name"] for g in plain] == ["adaptor", "adaptor", "head", "head"]  # unchanged without it
+    groups = param_groups(model, load_recipe({"model": "test_vmamba", "lr": 1e-3, "gamma_lr": 0.05}))
+    ids = {id(p): n for n, p in model.named_parameters()}
+    gamma = [g for g in groups if g["name"] == "gamma"]
+    assert len(gamma) == 1 and gamma[0]["lr"] == 0.05
+    assert sorted(ids[id(p)] for p in gamma[0]["params"]) == sorted(f"{b}.op.adaptor_t.gamma" for b in BLOCKS)
+    assert all(g["lr"] == 1e-3 for g in groups if g["name"] == "adaptor")
+    together = sum(len(g["params"]) for g in groups)
+    assert together == sum(len(g["params"]) for g in plain)  # nothing lost or doubled
+
+
+def test_gamma_lr_is_validated():
+    with pytest.raises(RecipeError, match="gamma_lr.*must be finite and >= 0"):
+        load_recipe({"model": "test_vmamba", "gamma_lr": -1.0})
+    with pytest.raises(RecipeError, match="gamma_lr.*not supported with layer_decay"):
+        load_recipe({"model": "test_vmamba", "gamma_lr": 0.1, "base_lr": 1e-5, "layer_decay": 0.8})
