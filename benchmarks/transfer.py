@@ -226,6 +226,16 @@ def _step_time(run_dir: Path, batch: int) -> float | None:
     return batch / statistics.median(rates) if rates else None
 
 
+def method_keys(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Recipe keys for a method's options: LoRA's ``method_options``, the adaptor's ``adaptor``, or both
+    (``hybrid``: options ``{"adaptor": {...}, "lora": {...}}``)."""
+    if not options:
+        return {}
+    if method == "hybrid":
+        return {"adaptor": dict(options["adaptor"]), "method_options": dict(options["lora"])}
+    return {"method_options" if method.startswith("lora") else "adaptor": dict(options)}
+
+
 def param_counts(args: argparse.Namespace, entry: tuple) -> dict[str, Any]:
     """Base size and trainable counts (with and without the head) of a method on the benchmark model."""
     from adaptor_peft.train.build import build_model
@@ -233,12 +243,11 @@ def param_counts(args: argparse.Namespace, entry: tuple) -> dict[str, Any]:
     from adaptor_peft.train.recipes import load_recipe
 
     method, options, lr = entry
-    key = "method_options" if method.startswith("lora") else "adaptor"
     source = {"model": getattr(args, "model", None) or str(args.checkpoint)}
     if getattr(args, "model", None):  # an official VMamba: name + weights file
         source["checkpoint"] = str(args.checkpoint)
     recipe = load_recipe({**source, "reset_head": True, "method": method,
-                          **({key: dict(options)} if options else {})})  # fmt: skip
+                          **method_keys(method, options)})  # fmt: skip
     model = build_model(recipe, 10)
     base = sum(p.numel() for p in model.parameters())
     head = sum(p.numel() for n, p in model.named_parameters() if n in head_param_names(model))
@@ -522,6 +531,12 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
     "adaptor_s": ("adaptor_s", dict(V2_BASE), LR_ADAPTOR, "S only"),
     "adaptor_t_norms": ("adaptor_t", {**V2_BASE, "train_norms": True}, LR_ADAPTOR, "T only +norms"),
     "adaptor_t": ("adaptor_t", dict(V2_BASE), LR_ADAPTOR, "T only"),
+    "hybrid": (
+        "hybrid",
+        {"adaptor": {**V2_BASE, "train_norms": True}, "lora": {"r": 4, "alpha": 8}},
+        [1e-2, 3e-2],
+        "T+S +norms plus LoRA r4 a8 (part A's hybrid)",
+    ),
     "adaptor_ts_norms_rphi": (
         "adaptor_ts",
         {**V2_BASE, "train_norms": True, "init": "random_phi"},
@@ -663,8 +678,7 @@ def v2_recipe(spec: dict[str, Any]) -> dict[str, Any]:
     if select:  # the validation curve: one evaluation per epoch (the test split is never seen here)
         recipe["eval_every"] = spec["steps_per_epoch"]
         recipe["eval_at_start"] = False
-    if options:
-        recipe["method_options" if method.startswith("lora") else "adaptor"] = dict(options)
+    recipe.update(method_keys(method, options))
     return recipe
 
 
