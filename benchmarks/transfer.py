@@ -231,6 +231,9 @@ def method_keys(method: str, options: dict[str, Any]) -> dict[str, Any]:
     (``hybrid``: options ``{"adaptor": {...}, "lora": {...}}``)."""
     if not options:
         return {}
+    if "_recipe" in options:  # other recipe keys of this row (e.g. gamma_lr)
+        rest = {k: v for k, v in options.items() if k != "_recipe"}
+        return {**options["_recipe"], **method_keys(method, rest)}
     if method == "hybrid":
         return {"adaptor": dict(options["adaptor"]), "method_options": dict(options["lora"])}
     return {"method_options" if method.startswith("lora") else "adaptor": dict(options)}
@@ -536,6 +539,12 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
         {"adaptor": {**V2_BASE, "train_norms": True}, "lora": {"r": 4, "alpha": 8}},
         [1e-2, 3e-2],
         "T+S +norms plus LoRA r4 a8 (part A's hybrid)",
+    ),
+    "adaptor_ts_norms_glr1": (
+        "adaptor_ts",
+        {**V2_BASE, "train_norms": True, "init": "random_phi", "_recipe": {"gamma_lr": 1.0}},
+        [3e-2],
+        "T+S +norms, random_phi, gamma_lr 1.0 (gamma may grow ~100x faster)",
     ),
     "adaptor_ts_norms_rphi": (
         "adaptor_ts",
