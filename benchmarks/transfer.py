@@ -511,6 +511,7 @@ V2_BASE = dict(ADAPTOR_BASE)  # MambaAdaptorConfig()'s defaults: K4 S2 d(1,2,3),
 #: (1e-2: 80.0, 3e-2: 83.0, 1e-1: 82.5 validation top-1).
 LR_ADAPTOR_WIDE = [1e-2, 3e-2, 1e-1]
 LR_ADAPTOR = [3e-2, 1e-1]
+LR_ADAPTOR_HIGH = [3e-2, 1e-1, 3e-1]  # rows without trainable norms peaked at the grid's edge (1e-1)
 LR_PEFT = [3e-3, 1e-2, 3e-2]
 LR_PROBE = [3e-2, 1e-1]
 LR_FULL = [3e-4, 1e-3]  # v1's selection: 3e-3 was worse than 1e-3
@@ -520,7 +521,7 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
     "adaptor_ts_norms": ("adaptor_ts", {**V2_BASE, "train_norms": True}, LR_ADAPTOR_WIDE, "T+S +norms"),
     "lora_r4": ("lora", {"r": 4, "alpha": 8}, LR_PEFT, "LoRA r4 a8 on in_proj/out_proj"),
     "full": ("full", {}, LR_FULL, "full fine-tuning"),
-    "adaptor_ts": ("adaptor_ts", dict(V2_BASE), LR_ADAPTOR, "T+S, MambaAdaptorConfig() defaults"),
+    "adaptor_ts": ("adaptor_ts", dict(V2_BASE), LR_ADAPTOR_HIGH, "T+S, MambaAdaptorConfig() defaults"),
     # lr 3e-2 diverged for lora_r4 (same alpha / r): r8's grid stays below it
     "lora_r8": ("lora", {"r": 8, "alpha": 16}, [3e-3, 1e-2], "LoRA r8 a16 (budget of adaptor_ts +norms)"),
     "adaptor_s_norms": ("adaptor_s", {**V2_BASE, "train_norms": True}, LR_ADAPTOR, "S only +norms"),
@@ -528,7 +529,7 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
     "adaptor_ts_s012": (
         "adaptor_ts",
         {**V2_BASE, "stages": [0, 1, 2]},
-        LR_ADAPTOR,
+        LR_ADAPTOR_HIGH,
         "T+S on stages 0-2 (budget of LoRA r4)",
     ),
     "adaptor_s": ("adaptor_s", dict(V2_BASE), LR_ADAPTOR, "S only"),
