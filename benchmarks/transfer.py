@@ -511,10 +511,10 @@ V2_BASE = dict(ADAPTOR_BASE)  # MambaAdaptorConfig()'s defaults: K4 S2 d(1,2,3),
 #: (1e-2: 80.0, 3e-2: 83.0, 1e-1: 82.5 validation top-1).
 LR_ADAPTOR_WIDE = [1e-2, 3e-2, 1e-1]
 LR_ADAPTOR = [3e-2, 1e-1]
-LR_ADAPTOR_HIGH = [3e-2, 1e-1, 3e-1]  # rows without trainable norms peaked at the grid's edge (1e-1)
+LR_ADAPTOR_HIGH = [3e-2, 1e-1, 3e-1]  # rows that peaked at the grid's edge (1e-1)
 LR_PEFT = [3e-3, 1e-2, 3e-2]
-LR_PROBE = [3e-2, 1e-1]
-LR_FULL = [3e-4, 1e-3]  # v1's selection: 3e-3 was worse than 1e-3
+LR_PROBE = [3e-2, 1e-1, 3e-1]  # 3e-1 added when 1e-1 won at the edge
+LR_FULL = [3e-4, 1e-3, 3e-3]  # 3e-3 added when 1e-3 won at the edge
 
 #: label -> (trainer method, options, lr grid, what it is).
 V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
@@ -533,7 +533,7 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
         "T+S on stages 0-2 (budget of LoRA r4)",
     ),
     "adaptor_s": ("adaptor_s", dict(V2_BASE), LR_ADAPTOR, "S only"),
-    "adaptor_t_norms": ("adaptor_t", {**V2_BASE, "train_norms": True}, LR_ADAPTOR, "T only +norms"),
+    "adaptor_t_norms": ("adaptor_t", {**V2_BASE, "train_norms": True}, LR_ADAPTOR_HIGH, "T only +norms"),
     "adaptor_t": ("adaptor_t", dict(V2_BASE), LR_ADAPTOR, "T only"),
     "hybrid": (
         "hybrid",
