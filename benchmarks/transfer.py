@@ -509,9 +509,9 @@ V2_BASE = dict(ADAPTOR_BASE)  # MambaAdaptorConfig()'s defaults: K4 S2 d(1,2,3),
 #: The adaptor's grid: the issue's user trial found 3e-3 (the recipe's) worst for the adaptor; on this
 #: machine's budget the grid was narrowed to [3e-2, 1e-1] after adaptor_ts_norms's full grid on MNIST
 #: (1e-2: 80.0, 3e-2: 83.0, 1e-1: 82.5 validation top-1).
-LR_ADAPTOR_WIDE = [1e-2, 3e-2, 1e-1]
-LR_ADAPTOR = [3e-2, 1e-1]
-LR_ADAPTOR_HIGH = [3e-2, 1e-1, 3e-1]  # rows that peaked at the grid's edge (1e-1)
+LR_ADAPTOR_WIDE = [1e-2, 3e-2, 1e-1, 3e-1]
+LR_ADAPTOR = [3e-2, 1e-1, 3e-1]  # 3e-1 added to every adaptor row when T-only +norms peaked there
+LR_ADAPTOR_HIGH = LR_ADAPTOR
 LR_PEFT = [3e-3, 1e-2, 3e-2]
 LR_PROBE = [3e-2, 1e-1, 3e-1]  # 3e-1 added when 1e-1 won at the edge
 LR_FULL = [3e-4, 1e-3, 3e-3]  # 3e-3 added when 1e-3 won at the edge
