@@ -960,13 +960,15 @@ def markdown_v2(res: dict[str, Any], args: argparse.Namespace, command: str, wal
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for label in args.methods or list(V2_ENTRIES):
             rows, finals = sel.get(label, []), fin.get(label, [])
-            any_row = (finals or rows or [None])[0]
+            elsewhere = sel_target != target  # the grid is shown in the selection target's table
+            any_row = (finals or ([] if elsewhere else rows) or [None])[0]
             if any_row is None:
                 continue
             p = any_row["params"]
             grid = ", ".join(
                 f"{_lr_tag(r['lr'])}: {r['top1']:.1f}" for r in sorted(rows, key=lambda r: r["lr"])
             )
+            grid = f"on {sel_target}" if elsewhere else grid
             lr = best_lr(rows)
             if finals:
                 mean, std = _mean_std([r["top1"] for r in finals])
@@ -980,7 +982,7 @@ def markdown_v2(res: dict[str, Any], args: argparse.Namespace, command: str, wal
                      grid or "-", f"{lr:g}" if lr else "-", acc, delta, step]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        lines += _budget_lines(sel, fin)
+        lines += _budget_lines({} if sel_target != target else sel, fin)
     return "\n".join(lines)
 
 
