@@ -17,7 +17,7 @@ from ..limits import ADAPTOR_LIMITS, MAX_HEADS_X_POINTS
 OFFSET_MODES = ("relative", "absolute")
 SELECTIONS = ("dynamic", "static")
 AGGREGATIONS = ("split", "sum")
-INITS = ("identity", "random")
+INITS = ("identity", "random_phi", "random")
 PHI_INPUTS = ("state", "state_mean")
 
 
@@ -46,8 +46,15 @@ class MambaAdaptorConfig:
     blocks: tuple[int | str, ...] | None = (
         None  # global block indices or fnmatch patterns "layers.2.blocks.*"
     )
+    # of the blocks stages/blocks select, the stages (negative from the end) that carry Adaptor-T /
+    # Adaptor-S; None = all of them (e.g. t_stages=[0, 1]: Adaptor-T on the long-sequence stages only)
+    t_stages: tuple[int, ...] | None = None
+    s_stages: tuple[int, ...] | None = None
     # init
-    init: str = "identity"  # identity: gamma = 0, zero phi weights, zero convs; random: for from-scratch use
+    # identity: gamma = 0, zero phi weights, zero convs; random_phi: gamma = 0 but random phi weights
+    # (LoRA-style: only one factor zero, still the exact identity; see AdaptorT.reset_parameters);
+    # random: gamma = 1, random phi and convs, for from-scratch use (not an identity)
+    init: str = "identity"
     # what trains besides the adaptors (when the base is frozen)
     train_head: bool = True
     train_norms: bool = False
@@ -62,6 +69,10 @@ class MambaAdaptorConfig:
             self.stages = tuple(self.stages)
         if self.blocks is not None:
             self.blocks = tuple(self.blocks)
+        for name in ("t_stages", "s_stages"):
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                setattr(self, name, tuple(value))
         self.validate()
 
     def validate(self) -> None:
@@ -125,6 +136,23 @@ class MambaAdaptorConfig:
             for s in self.stages:
                 if isinstance(s, bool) or not isinstance(s, int):
                     raise ValueError(f"MambaAdaptorConfig.stages must be ints, got {self.stages!r}")
+        for name, kind in (("t_stages", "temporal"), ("s_stages", "spatial")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, tuple) or not value:
+                raise ValueError(
+                    f"MambaAdaptorConfig.{name} must be a non-empty list of stage indices or None (all "
+                    f"selected stages), got {value!r}; to drop the adaptor everywhere set {kind}=False"
+                )
+            for s in value:
+                if isinstance(s, bool) or not isinstance(s, int):
+                    raise ValueError(f"MambaAdaptorConfig.{name} must be ints, got {value!r}")
+            if not getattr(self, kind):
+                raise ValueError(
+                    f"MambaAdaptorConfig.{name}={list(value)} but {kind} is False: "
+                    f"set {kind}=True or {name}=None"
+                )
         if self.blocks is not None:
             for b in self.blocks:
                 if isinstance(b, bool) or not isinstance(b, int | str) or (isinstance(b, int) and b < 0):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import MambaAdaptorConfig
-from .selection import NORM_TYPES, find_ss2d, head_module, is_under, module_prefixes, select_blocks
+from .selection import NORM_TYPES, find_ss2d, head_module, is_under, module_prefixes, plan_adaptors
 from .spatial import AdaptorS
 from .temporal import AdaptorT
 
@@ -50,7 +50,7 @@ def _trained_extras(model: nn.Module, config: MambaAdaptorConfig) -> Iterator[tu
 
 
 def inject_adaptors(model: nn.Module, config: MambaAdaptorConfig, freeze_base: bool = True) -> nn.Module:
-    """Put Adaptor-T / Adaptor-S on every selected SS2D, freeze the base (optional), return the model."""
+    """Put Adaptor-T / Adaptor-S on the selected SS2D blocks, freeze the base (optional), return the model."""
     if not isinstance(config, MambaAdaptorConfig):
         raise TypeError(f"config must be a MambaAdaptorConfig, got {type(config).__name__}")
     config.validate()
@@ -59,18 +59,16 @@ def inject_adaptors(model: nn.Module, config: MambaAdaptorConfig, freeze_base: b
     found = find_ss2d(model)
     if not found:
         raise ValueError(f"{type(model).__name__} has no SS2D block to put adaptors on")
-    selected = select_blocks(found, config)
-    if not selected:
-        raise ValueError("MambaAdaptorConfig.stages/blocks select no block")
+    plan = plan_adaptors(found, config)
     # Check and build everything first so that a ValueError leaves the model untouched.
     list(_trained_extras(model, config))  # validates modules_to_save patterns
     built = []
-    for block, op in selected:
+    for block, op, with_t, with_s in plan:
         d_inner, d_state = op.d_inner, op.d_state
         ref = next(op.parameters())
         try:
-            t = AdaptorT(d_inner, d_state, config, num_directions=op.K) if config.temporal else None
-            s = AdaptorS(d_inner, config) if config.spatial else None
+            t = AdaptorT(d_inner, d_state, config, num_directions=op.K) if with_t else None
+            s = AdaptorS(d_inner, config) if with_s else None
         except ValueError as exc:
             raise ValueError(f"{exc} (block {block})") from None
         built.append((op, *(m.to(device=ref.device) if m is not None else None for m in (t, s))))

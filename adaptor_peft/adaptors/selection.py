@@ -37,22 +37,27 @@ def find_ss2d(model: nn.Module) -> list[tuple[str, nn.Module, int | None]]:
     return found
 
 
+def _resolve_stages(indices: tuple[int, ...], present: list[int], field: str) -> set[int]:
+    """Stage numbers for config stage indices (negative from the end); ValueError names the field."""
+    out = set()
+    for s in indices:
+        if not -len(present) <= s < len(present):
+            raise ValueError(
+                f"MambaAdaptorConfig.{field}: stage index {s} is out of range for a model with "
+                f"{len(present)} stages"
+            )
+        out.add(present[s])
+    return out
+
+
 def select_blocks(
     found: list[tuple[str, nn.Module, int | None]], config: MambaAdaptorConfig
 ) -> list[tuple[str, nn.Module]]:
     """The (block, SS2D) pairs of `found` that config.stages / config.blocks select (ValueError if bad)."""
     stages_present = sorted({s for _, _, s in found if s is not None})
-    num_stages = len(stages_present)
     wanted_stages: set[int] | None = None
     if config.stages is not None:
-        wanted_stages = set()
-        for s in config.stages:
-            if not -num_stages <= s < num_stages:
-                raise ValueError(
-                    f"MambaAdaptorConfig.stages: stage index {s} is out of range for a model with "
-                    f"{num_stages} stages"
-                )
-            wanted_stages.add(stages_present[s])
+        wanted_stages = _resolve_stages(config.stages, stages_present, "stages")
     wanted_blocks: set[str] | None = None
     if config.blocks is not None:
         names = [block for block, _, _ in found]
@@ -79,6 +84,50 @@ def select_blocks(
         if (wanted_stages is None or stage in wanted_stages)
         and (wanted_blocks is None or block in wanted_blocks)
     ]
+
+
+def adaptor_kinds(
+    found: list[tuple[str, nn.Module, int | None]], config: MambaAdaptorConfig
+) -> dict[str, tuple[bool, bool]]:
+    """Block name -> (carries Adaptor-T, carries Adaptor-S) by config.temporal/t_stages, spatial/s_stages.
+
+    Only the stage filters: which blocks are adapted at all is select_blocks' (or peft's targets').
+    A block outside the layers.<i>.blocks.<j> naming has no stage and carries neither when a filter is set.
+    """
+    present = sorted({s for _, _, s in found if s is not None})
+    t = _resolve_stages(config.t_stages, present, "t_stages") if config.t_stages is not None else None
+    s = _resolve_stages(config.s_stages, present, "s_stages") if config.s_stages is not None else None
+    return {
+        block: (
+            config.temporal and (t is None or stage in t),
+            config.spatial and (s is None or stage in s),
+        )
+        for block, _, stage in found
+    }
+
+
+def plan_adaptors(
+    found: list[tuple[str, nn.Module, int | None]], config: MambaAdaptorConfig
+) -> list[tuple[str, nn.Module, bool, bool]]:
+    """(block, SS2D, Adaptor-T?, Adaptor-S?) for each selected block that carries at least one adaptor.
+
+    ValueError when stages/blocks select no block, or when t_stages / s_stages leave the adaptor the
+    config asks for on none of the selected blocks.
+    """
+    selected = select_blocks(found, config)
+    if not selected:
+        raise ValueError("MambaAdaptorConfig.stages/blocks select no block")
+    kinds = adaptor_kinds(found, config)
+    stage_of = {block: stage for block, _, stage in found}
+    for field, index, kind in (("t_stages", 0, "temporal"), ("s_stages", 1, "spatial")):
+        if getattr(config, kind) and not any(kinds[block][index] for block, _ in selected):
+            chosen = sorted({stage_of[block] for block, _ in selected}, key=lambda v: (v is None, v))
+            raise ValueError(
+                f"MambaAdaptorConfig.{field}={list(getattr(config, field))} selects none of the blocks "
+                f"that stages/blocks select (their stages: {chosen}); pick among those stages or set "
+                f"{kind}=False"
+            )
+    return [(block, op, *kinds[block]) for block, op in selected if any(kinds[block])]
 
 
 def head_module(model: nn.Module) -> nn.Module | None:

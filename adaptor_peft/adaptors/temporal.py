@@ -72,7 +72,7 @@ class AdaptorT(nn.Module):
         self.dynamic = config.selection == "dynamic"
         self.phi_input = config.phi_input
         self.spread = float(config.offset_init_spread)
-        self.random_init = config.init == "random"
+        self.init = config.init
         groups = 1 if config.share_across_directions else num_directions
         in_features = d_inner * d_state if config.phi_input == "state" else d_inner
         sk = self.heads * self.points
@@ -91,7 +91,24 @@ class AdaptorT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Identity init (gamma = 0, zero phi weights, spread offsets) or random (gamma = 1, random phi)."""
+        """Set the init the config names: identity, random_phi (gamma = 0, random phi) or random.
+
+        - identity: gamma = 0, phi_p/phi_c weights 0 (spread offsets in phi_p's bias, uniform c).
+        - random_phi: gamma = 0, phi_p/phi_c weights U(-1/sqrt(in), 1/sqrt(in)) (peft's LoRA A
+          init), biases as for identity. Still the exact identity (C . (0 * m) = 0), like LoRA
+          with B = 0. As in LoRA (whose A gets no gradient while B = 0), phi gets exactly zero
+          gradient on the first backward (d out / d phi = C . (gamma * dm/dphi) = 0) and a
+          non-zero one from the second, once gamma has moved; gamma's own first gradient is
+          C . m, not 0. With zero phi weights (identity) the predictors are constant until then.
+        - random: gamma = 1, random phi (normal, std 1/sqrt(in)), static offsets jittered.
+
+        No identity init within the paper's form (h~_i = h_i + gamma * sum_k c_k h_{p_k}, c a
+        softmax) gives phi_c a first-step gradient: per channel either gamma_d = 0 (then every
+        phi gradient through that channel is 0), or m_d must vanish for every input, which (m
+        being a convex combination of interpolated states, other positions free) needs every
+        sampling weight to be 0, so dm/dc = the samples = 0 as well. Only a subtracted frozen
+        copy of m (not in the paper) would do it.
+        """
         init = self._initial_offsets()
         if self.dynamic:
             self.phi_p.weight.zero_()
@@ -101,8 +118,13 @@ class AdaptorT(nn.Module):
         self.phi_c.weight.zero_()
         self.phi_c.bias.zero_()
         self.gamma.zero_()
-        if self.random_init:
-            std = 1.0 / math.sqrt(self.phi_c.weight.shape[-1])
+        fan_in = self.phi_c.weight.shape[-1]
+        if self.init == "random_phi":
+            bound = 1.0 / math.sqrt(fan_in)
+            for phi in (self.phi_p, self.phi_c) if self.dynamic else (self.phi_c,):
+                nn.init.uniform_(phi.weight, -bound, bound)
+        elif self.init == "random":
+            std = 1.0 / math.sqrt(fan_in)
             if self.dynamic:
                 nn.init.normal_(self.phi_p.weight, std=std)
             else:

@@ -11,7 +11,7 @@ from peft.utils.other import ModulesToSaveWrapper, _set_trainable
 from torch import nn
 
 from adaptor_peft.adaptors import MambaAdaptorConfig
-from adaptor_peft.adaptors.selection import NORM_TYPES, find_ss2d, select_blocks
+from adaptor_peft.adaptors.selection import NORM_TYPES, adaptor_kinds, find_ss2d, plan_adaptors
 
 from .config import MambaAdaptorPeftConfig
 from .guard import check_state_dict
@@ -29,9 +29,9 @@ def _as_adaptor_config(config: Any) -> MambaAdaptorConfig:
 
 
 def selected_ss2d_names(model: nn.Module, config: MambaAdaptorConfig) -> list[str]:
-    """Module names of the SS2D blocks that config.stages / config.blocks select."""
+    """Names of the SS2D blocks that stages/blocks select and t_stages/s_stages leave an adaptor on."""
     names = {id(m): n for n, m in model.named_modules()}
-    return [names[id(op)] for _, op in select_blocks(find_ss2d(model), config)]
+    return [names[id(op)] for _, op, _, _ in plan_adaptors(find_ss2d(model), config)]
 
 
 def _outermost(names: list[str]) -> list[str]:
@@ -100,6 +100,10 @@ class MambaAdaptorModel(BaseTuner):
         adaptor_config = _as_adaptor_config(peft_config)
         if peft_config.target_modules is None:
             peft_config.target_modules = selected_ss2d_names(model, adaptor_config)
+        # Which hooks each SS2D gets (t_stages / s_stages), keyed by module for _create_and_replace.
+        found = find_ss2d(model)
+        by_block = adaptor_kinds(found, adaptor_config)
+        self._adaptor_kinds = {id(op): by_block[block] for block, op, _ in found}
         extras = extra_module_names(model, adaptor_config)
         # peft wraps every module whose name *ends with* a listed name; refuse (before anything is
         # injected) when that would wrap more than the module we mean.
@@ -154,7 +158,10 @@ class MambaAdaptorModel(BaseTuner):
                 f"{current_key} is a {type(target).__name__}, not an SS2D block with adaptor hooks"
             )
         config = _as_adaptor_config(peft_config)
-        wanted = {"temporal": config.temporal, "spatial": config.spatial}
+        with_t, with_s = getattr(self, "_adaptor_kinds", {}).get(
+            id(target), (config.temporal, config.spatial)
+        )
+        wanted = {"temporal": with_t, "spatial": with_s}
         for kind, hook in HOOKS.items():
             if not wanted[kind]:
                 continue

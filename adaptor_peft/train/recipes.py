@@ -49,6 +49,7 @@ METHOD_NAMES: list[str] = [
     "conv_tuning",
     "d_tuning",
     "full",
+    "hybrid",
     "linear_probe",
     "lora",
     "lora_x",
@@ -181,6 +182,7 @@ class Recipe:
     lr: float = 1e-3
     head_lr: float | None = None  # a separate learning rate for the classifier head
     base_lr: float | None = None  # a separate (smaller) learning rate for base weights (booster)
+    gamma_lr: float | None = None  # a separate learning rate for Adaptor-T's gamma (None: lr)
     layer_decay: float | None = None  # booster: base lr x layer_decay ** (depth from the top), e.g. 0.8
     weight_decay: float = 0.05  # never applied to norms, biases and other 1-D parameters
     betas: list = field(default_factory=lambda: [0.9, 0.999])
@@ -244,6 +246,13 @@ class Recipe:
             raise bad("val_fraction", "must be in [0, 1)")
         if self.label_smoothing >= 1.0:
             raise bad("label_smoothing", "must be < 1")
+        if self.gamma_lr is not None:
+            if isinstance(self.gamma_lr, bool) or not isinstance(self.gamma_lr, int | float):
+                raise bad("gamma_lr", "must be a number or null")
+            if not 0.0 <= self.gamma_lr < float("inf"):
+                raise bad("gamma_lr", "must be finite and >= 0")
+            if self.layer_decay is not None:
+                raise bad("gamma_lr", "is not supported with layer_decay (the booster's groups)")
         if self.layer_decay is not None:
             if not 0.0 < self.layer_decay <= 1.0:
                 raise bad("layer_decay", "must be in (0, 1]")

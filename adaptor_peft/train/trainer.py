@@ -129,11 +129,16 @@ def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
             or getattr(p, "_no_weight_decay", False)
         )
         part = "head" if name in head else ("adaptor" if ".adaptor_" in f".{name}" else "base")
+        # Adaptor-T's gamma (plain or peft-named) gets its own group only when asked: unchanged
+        # optimizer state layout otherwise (resume of older runs).
+        if part == "adaptor" and recipe.gamma_lr is not None and _is_adaptor_t_gamma(name):
+            part = "gamma"
         groups.setdefault((part, not no_decay), []).append(p)
     lrs = {
         "head": recipe.head_lr if recipe.head_lr is not None else recipe.lr,
         "adaptor": recipe.lr,
         "base": recipe.base_lr if recipe.base_lr is not None else recipe.lr,
+        "gamma": recipe.gamma_lr,
     }
     return [
         {
@@ -144,6 +149,11 @@ def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
         }
         for (part, decay), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))
     ]
+
+
+def _is_adaptor_t_gamma(name: str) -> bool:
+    """True for Adaptor-T's gamma, plain (``op.adaptor_t.gamma``) or peft-named (``...<adapter>.gamma``)."""
+    return name.endswith(".gamma") and ".adaptor_t." in f".{name}"
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):  # noqa: ANN201

@@ -93,6 +93,8 @@ VARIANTS = {
     "residual": ({"residual": False}, "logits"),
     "stages": ({"stages": (0, 1)}, "keys"),
     "blocks": ({"blocks": ("layers.2.*",)}, "keys"),
+    "t_stages": ({"t_stages": (0,)}, "keys"),
+    "s_stages": ({"s_stages": (-1,)}, "keys"),
     "init": ({"init": "identity"}, "logits"),
     "train_head": ({"train_head": False}, "trainable"),
     "train_norms": ({"train_norms": True}, "trainable"),

@@ -3,6 +3,7 @@
 - ``base``: :class:`Method`, the registry and the save/load helpers every method shares.
 - ``adaptor``: Mamba-Adaptor, linear probing and full fine-tuning.
 - ``baselines``: LoRA, LoRAp(X), partial tuning and the adaptor variants of the transfer benchmark.
+- ``hybrid``: Mamba-Adaptor plus LoRA on the SS2D projections.
 
 Add a method with ``register_method(Method(name, prepare, save, load, artefact))``.
 """
@@ -23,8 +24,9 @@ from .base import (
     trainable_state,
 )
 from .baselines import BASELINE_METHODS
+from .hybrid import HYBRID_METHOD
 
-for _method in (*ADAPTOR_METHODS, *BASELINE_METHODS):
+for _method in (*ADAPTOR_METHODS, *BASELINE_METHODS, HYBRID_METHOD):
     register_method(_method)
 
 __all__ = [
