@@ -66,3 +66,14 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict on the CPU, on the main process only (collective: every process calls).
+
+    Whole tensors whatever ``fsdp_state_dict_type`` the launch chose (a sharded state dict would not load
+    into an unsharded model).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

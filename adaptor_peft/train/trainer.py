@@ -41,7 +41,7 @@ from .methods import Method, get_method, head_param_names
 from .metrics import ClassificationMeter
 from .recipes import Recipe, RecipeError, load_recipe, load_yaml_bounded
 from .run_lock import RunDirError, RunDirLock, RunDirLockedError
-from .sharding import check_fsdp_active, full_optimizer_state, full_tensor, is_fsdp
+from .sharding import check_fsdp_active, full_model_state, full_optimizer_state, full_tensor, is_fsdp
 from .tracking import JsonlLog, plot_curves
 
 if TYPE_CHECKING:  # accelerate is imported when a run starts, not with this module
@@ -607,7 +607,7 @@ class TrainingRun:
         unsharded copy holding the gathered state on the main process (the others get the sharded one)."""
         if not is_fsdp(self.accelerator):
             return self.unwrapped
-        state = self.accelerator.get_state_dict(self.model)  # whole tensors on the main process only
+        state = full_model_state(self.model)  # whole tensors, on the main process only
         if not self.main:
             return self.unwrapped
         whole = self.method.prepare(build_model(self.recipe, self.data.num_classes), self.recipe)
