@@ -142,3 +142,15 @@ def test_fsdp_asked_on_cpu_stops_with_a_clear_error(toy_data, tmp_path, monkeypa
     with pytest.raises(FSDPUnavailableError, match=r"never on CPUs.*ACCELERATE_USE_CPU=1 torchrun"):
         train(_recipe(toy_data, out))
     assert not out.exists()  # refused before the run directory is claimed
+
+
+def test_resume_under_fsdp_is_refused_before_loading(toy_data, tmp_path, monkeypatch):
+    """A checkpoint holds whole tensors; loading them into shards is not built: a clear error, not a crash."""
+    from adaptor_peft.train import trainer as trainer_mod
+
+    out = tmp_path / "run"
+    train(_recipe(toy_data, out, max_steps=3))
+    monkeypatch.setattr(trainer_mod, "is_fsdp", lambda accelerator: True)  # as if accelerate sharded
+    with pytest.raises(trainer_mod.RunDirError, match=r"step_00000003: resuming a run under FSDP"):
+        train(_recipe(toy_data, out, max_steps=6, resume=True))
+    assert json.loads((out / "result.json").read_text())["steps"] == 3  # the finished run is untouched
