@@ -6,7 +6,10 @@ each variant (plain: every parameter trains; injected: default T+S adaptors, fro
 eager and the compiled module run in alternating rounds after a warm-up (the compile itself is timed
 apart), and the table gives the median seconds of each and their ratio (eager / compiled: above 1, compile
 is faster), plus the paired ratio (median over rounds of eager / compiled of the same round, which cancels
-slow drifts of the machine's load) and the largest output difference.
+slow drifts of the machine's load), the largest output difference, and how many graphs dynamo made and
+how many graph breaks split them (on CPU the torch scan and Adaptor-T read-out are
+``torch.compiler.disable``-d, kernels/scan_torch.py and adaptor_t_torch.py: every SS2D breaks the graph,
+which bounds what compile can gain to the code between them).
 
     .venv/bin/python benchmarks/compile_gain.py                       # CPU, 1 thread, batch 8, 10 rounds
     .venv/bin/python benchmarks/compile_gain.py --models test --repeats 3 --batch 2   # quick
@@ -76,12 +79,15 @@ def measure(
     """Compile seconds, eager and compiled median seconds, their ratio, paired ratio, max output diff."""
     device = torch.device(args.device)
     torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
     model = build(name, injected).to(device)
     x = torch.randn(args.batch, 3, img, img, generator=torch.Generator().manual_seed(1)).to(device)
     compiled = torch.compile(model, dynamic=False, mode=args.mode)
     eager_step = step_fn(model, model, x, backward)
     compiled_step = step_fn(compiled, model, x, backward)
     compile_s, out_c = timed(compiled_step, device)  # the first call compiles
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     _, out_e = timed(eager_step, device)
     for _ in range(args.warmup):
         eager_step(), compiled_step()
@@ -96,6 +102,8 @@ def measure(
         "ratio": statistics.median(eager) / statistics.median(comp),
         "paired": statistics.median(e / c for e, c in zip(eager, comp)),
         "max_diff": (out_c.float() - out_e.float()).abs().max().item(),
+        "graphs": graphs,
+        "breaks": breaks,
     }
 
 
@@ -126,8 +134,9 @@ def main() -> None:
         "eager/comp",
         "paired",
         "max diff",
+        "graphs/breaks",
     )
-    print("{:<18} {:<9} {:<8} {:>9} {:>9} {:>11} {:>10} {:>7} {:>9}".format(*header))
+    print("{:<18} {:<9} {:<8} {:>9} {:>9} {:>11} {:>10} {:>7} {:>9} {:>13}".format(*header))
     for key in args.models:
         name, img = MODELS.get(key, (key, args.img_size or 224))
         if name is None:
@@ -139,7 +148,7 @@ def main() -> None:
                     f"{key + f' {img}px':<18} {'injected' if injected else 'plain':<9} "
                     f"{'fwd+bwd' if backward else 'fwd':<8} {r['compile_s']:9.1f} {1e3 * r['eager_s']:9.2f} "
                     f"{1e3 * r['compiled_s']:11.2f} {r['ratio']:9.2f}x {r['paired']:6.2f}x "
-                    f"{r['max_diff']:9.1e}",
+                    f"{r['max_diff']:9.1e} {r['graphs']:>6}/{r['breaks']:<6}",
                     flush=True,
                 )
 

@@ -61,11 +61,25 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer's state with whole tensors, keyed by parameter name (collective: every process calls)."""
+    """The optimizer's state with whole tensors, in ``optimizer.state_dict()``'s layout (collective: every
+    process calls; the main process gets it, the others an empty dict).
+
+    torch keys the gathered state by parameter name; it is renumbered as ``state_dict()`` numbers
+    parameters (0, 1, ... through the groups in order), so the checkpoint loads into an unsharded
+    optimizer (a DDP resume) like any other.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_optimizer_state_dict(model, optimizer, options=options)
+    named = get_optimizer_state_dict(model, optimizer, options=options)
+    if not named:
+        return named
+    index: dict[str, int] = {}
+    groups = []
+    for group in named["param_groups"]:
+        ids = [index.setdefault(name, len(index)) for name in group["params"]]
+        groups.append({**group, "params": ids})
+    return {"state": {index[name]: value for name, value in named["state"].items()}, "param_groups": groups}
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -499,8 +499,8 @@ class TrainingRun:
             return
         if is_fsdp(self.accelerator):  # the checkpoint holds whole tensors; loading into shards is not built
             raise RunDirError(
-                f"{folder}: resuming a run under FSDP is not supported; resume it without FSDP (one process, "
-                "or DDP: recipes/accelerate/multi_gpu_ddp.yaml) or pass overwrite=true to start again"
+                f"{folder}: resuming a run under FSDP is not supported; resume it with DDP on as many "
+                "processes (recipes/accelerate/multi_gpu_ddp.yaml) or pass overwrite=true to start again"
             )
         saved = load_checkpoint_state(
             self.accelerator, folder, self.unwrapped, self.optimizer, self.scheduler

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,13 +49,14 @@ def fsdp_env_from_config(path: Path) -> dict[str, str]:
     return env
 
 
-# The worker forces accelerate's FSDP path on CPU (what accelerate does on GPUs: the plugin read from the
-# FSDP_* variables, distributed type FSDP) and checks that the model it trains is really sharded.
-_FSDP_LAUNCH = """
+# With "fsdp", the worker forces accelerate's FSDP path on CPU (what accelerate does on GPUs: the plugin read
+# from the FSDP_* variables, distributed type FSDP) and checks that the model it trains is really sharded;
+# with "ddp" it trains as accelerate chooses (DDP on gloo).
+_LAUNCH = """
 import sys, torch
 from accelerate import debug_launcher
 
-def worker(recipe_file):
+def worker(recipe_file, mode):
     torch.set_num_threads(1)
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
@@ -69,7 +71,8 @@ def worker(recipe_file):
         PartialState().distributed_type = acc.state.distributed_type = DistributedType.FSDP
         acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables
         return acc
-    trainer.fresh_accelerator = forced
+    if mode == "fsdp":
+        trainer.fresh_accelerator = forced
 
     real_finish = trainer.TrainingRun.finish
     def finish(run, last_eval):
@@ -80,15 +83,16 @@ def worker(recipe_file):
         assert 0 < len(trainable) < len(params)  # a frozen base with trainable adaptors
         assert all(isinstance(p, DTensor) and p.placements == (Shard(0),) for p in params.values())
         return real_finish(run, last_eval)
-    trainer.TrainingRun.finish = finish
+    if mode == "fsdp":
+        trainer.TrainingRun.finish = finish
     assert trainer.train(recipe_file).steps == 6
 
-debug_launcher(worker, args=(sys.argv[1],), num_processes=2)
+debug_launcher(worker, args=tuple(sys.argv[1:]), num_processes=2)
 """
 
 
-@pytest.mark.slow  # ~20 s: two fresh interpreters import torch and accelerate
-def test_two_process_fsdp_equals_single_process(toy_data, tmp_path):
+@pytest.mark.slow  # ~20-40 s: two launches of two fresh interpreters (torch and accelerate imports)
+def test_two_process_fsdp_equals_single_process_and_resumes_under_ddp(toy_data, tmp_path):
     single = tmp_path / "single"
     train(_recipe(toy_data, single))
     out = tmp_path / "fsdp"
@@ -99,14 +103,13 @@ def test_two_process_fsdp_equals_single_process(toy_data, tmp_path):
     assert fsdp_env["FSDP_VERSION"] == "2" and fsdp_env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "VSSBlock"
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=pythonpath, **fsdp_env)
-    proc = subprocess.run(
-        [sys.executable, "-c", _FSDP_LAUNCH, str(recipe_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+    def launch(recipe_file: Path, mode: str, env: dict[str, str]) -> None:
+        args = [sys.executable, "-c", _LAUNCH, str(recipe_file), mode]
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+    launch(recipe_file, "fsdp", env)
     assert json.loads((out / "result.json").read_text())["num_processes"] == 2
 
     from safetensors.torch import load_file
@@ -122,18 +125,31 @@ def test_two_process_fsdp_equals_single_process(toy_data, tmp_path):
         for k in a:
             assert a[k].shape == b[k].shape, (name, k)  # whole tensors, not one process's shard
             torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=f"{name}: {k}")
-    # the optimizer state is gathered too: whole moments keyed by name, equal to the single run's (keyed by
-    # position: both list the parameter groups in the same order)
+    # the optimizer state is gathered too, in optimizer.state_dict()'s layout: equal to the single run's
     last = Path("checkpoints") / "step_00000006" / "optimizer.pt"
     sharded, plain = (torch.load(run / last, weights_only=True) for run in (out, single))
-    names = [n for g in sharded["param_groups"] for n in g["params"]]
-    ids = [i for g in plain["param_groups"] for i in g["params"]]
-    assert len(names) == len(ids) == len(sharded["state"]) > 10 and all(isinstance(n, str) for n in names)
-    for n, i in zip(names, ids):
-        for moment in ("exp_avg", "exp_avg_sq"):
+    assert [g["params"] for g in sharded["param_groups"]] == [g["params"] for g in plain["param_groups"]]
+    assert sharded["state"].keys() == plain["state"].keys() and len(plain["state"]) > 10
+    for i, moments in plain["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(
-                sharded["state"][n][moment], plain["state"][i][moment], atol=1e-7, rtol=1e-4, msg=n
+                sharded["state"][i][key], moments[key], atol=1e-7, rtol=1e-4, msg=f"{i}"
             )
+
+    # the FSDP run's step-3 checkpoint resumes under DDP (as the error for an FSDP resume advises) to the
+    # single run's result: the whole tensors and the renumbered optimizer state load as they are
+    for name in ("result.json", "final_eval.json", "adaptor.safetensors"):
+        (out / name).unlink()
+    shutil.rmtree(out / "checkpoints" / "step_00000006")
+    (out / "checkpoints" / "latest").write_text("step_00000003\n")  # as if killed after step 3
+    resume_file = tmp_path / "resume.yaml"
+    _recipe(toy_data, out, batch_size=4, resume=True).save(resume_file)
+    ddp_env = {k: v for k, v in env.items() if k not in fsdp_env}
+    launch(resume_file, "ddp", ddp_env)
+    a, b = load_file(out / "adaptor.safetensors"), load_file(single / "adaptor.safetensors")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=f"resumed: {k}")
 
 
 def test_fsdp_asked_on_cpu_stops_with_a_clear_error(toy_data, tmp_path, monkeypatch):
