@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# One short check (< 8 min) for a lent GPU machine: Triton kernel tests on CUDA, a Triton-vs-reference
-# correctness table at real VMamba shapes, the scan benchmark (times, GB/s vs peak, mamba_ssm if
-# importable) and a cross-scan/merge timing, then a compact summary table.
+# One short check (< 8 min) for a lent GPU machine, most important first: Triton kernel tests on CUDA
+# (the L=1 backward and the scan's dB/dC atomics included), the whole-model table (benchmarks/model_step.py:
+# full fine-tuning, Mamba-Adaptor and LoRA r=8 steps and forwards of vmamba_tiny_s1l8 at batch 64, 224x224,
+# fp32 and bf16 autocast, time and peak memory, issue 17's acceptance lines), the scan at stage-1 shape
+# (B=64, 4D=768, L=3136, N=1 and 16: GB/s and % of peak with the bytes model below), a Triton-vs-reference
+# correctness table at real VMamba shapes, the fused Adaptor-T read-out, the scan at B=2 with every
+# backend, a cross-scan/merge timing, then a compact summary table.
 #
 # Usage (repo root or anywhere):  bash benchmarks/gpu_check.sh   (benchmarks/prepare_device.sh first, on the
 # machine that calls the device tool: it stages pinned wheels + conformance data and prints the command)
@@ -11,7 +15,9 @@
 # Env: PYTHON (default python3); GPU_CHECK_SKIP_INSTALL=1 (package already importable); PEAK_GBS
 # (device peak bandwidth for the % column); GPU_CHECK_BUDGET_S (total wall budget, default 450 s:
 # a step that would start past it is skipped, and each step's timeout is cut to what is left);
-# GPU_CHECK_ONLY="step step ..." runs only the named steps (e.g. a rerun after a fix).
+# GPU_CHECK_ONLY="step step ..." runs only the named steps (e.g. a rerun after a fix);
+# GPU_CHECK_CPU_DRY_RUN=1 runs the script on a machine without a GPU, with tiny CPU shapes for the
+# whole-model table and the scan and without the Triton steps: it checks the script and its summary, no figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,11 +55,18 @@ run_step() {
 }
 
 echo "# gpu_check: logs in $LOG_DIR"
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"; then
+DRY="${GPU_CHECK_CPU_DRY_RUN:-}"
+DEV=cuda
+if [ -n "$DRY" ]; then
+  DEV=cpu
+  GPU_CHECK_ONLY="${GPU_CHECK_ONLY:-env model_table scan_stage1}"
+  GPU_CHECK_SKIP_INSTALL=1
+  echo "# CPU dry run: steps $GPU_CHECK_ONLY with tiny shapes (no figure here is a GPU figure)"
+elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"; then
   echo "gpu_check: no CUDA device visible to $PY (torch.cuda.is_available() is False); nothing to check" >&2
   exit 2
 fi
-GPU_NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name())")
+GPU_NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu (dry run)')")
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv,noheader \
     >"$LOG_DIR/gpu.txt" 2>&1 || true
@@ -71,7 +84,7 @@ PEAK="${PEAK_GBS:-$PEAK_DEFAULT}"
 echo "# peak bandwidth used for %: ${PEAK} GB/s"
 
 TAIL_LINES=3 run_step env 60 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', \
-torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name())"
+torch.version.cuda, 'triton', triton.__version__, 'gpu', '$GPU_NAME')"
 if [ -z "${GPU_CHECK_SKIP_INSTALL:-}" ]; then
   TAIL_LINES=3 run_step install 90 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 fi
@@ -89,6 +102,22 @@ TAIL_LINES=15 run_step triton_tests 150 "$PY" -m pytest -q -p no:cacheprovider -
   tests/kernels/test_adaptor_t_triton.py tests/kernels/test_dispatch.py \
   tests/adaptors/test_temporal.py::test_triton_path_equals_torch_path \
   tests/adaptors/test_inject.py::test_injected_model_on_the_triton_backend_matches_torch
+# The whole model (issue 17 item 5): full FT / adaptor / LoRA r=8 steps and forwards, fp32 and bf16.
+MODEL_ARGS=(--device cuda)
+if [ -n "$DRY" ]; then MODEL_ARGS=(--device cpu --tiny --precisions fp32 bf16); fi
+TAIL_LINES=20 run_step model_table 170 "$PY" benchmarks/model_step.py "${MODEL_ARGS[@]}" \
+  --json "$LOG_DIR/model_step.json"
+
+# The scan at stage-1 shape (B=64, 4D=768, L=3136), N=1 and 16, GPU kernels only (the reference and the
+# torch path are far too slow there); bytes model in benchmarks/scan.py bytes_model (docs/scan.md s. 5).
+GPU_BACKENDS="triton"
+if "$PY" -c "import mamba_ssm.ops.selective_scan_interface" >/dev/null 2>&1; then GPU_BACKENDS="triton mamba_ssm"; fi
+SCAN1_ARGS=(--device cuda --batch 64 --stages 1 --repeats 10)
+if [ -n "$DRY" ]; then GPU_BACKENDS="torch"; SCAN1_ARGS=(--device cpu --batch 1 --stages 4 --repeats 1 --bandwidth); fi
+# shellcheck disable=SC2086
+TAIL_LINES=12 run_step scan_stage1 80 "$PY" benchmarks/scan.py "${SCAN1_ARGS[@]}" --n 1 16 --ssm-ratio 2.0 \
+  --peak-gbs "$PEAK" --backends $GPU_BACKENDS --json "$LOG_DIR/scan_stage1.json"
+
 # Triton vs the sequential reference (fp64) at real shapes: forward error and gradient errors.
 TAIL_LINES=12 run_step correctness 75 "$PY" - <<'PYEOF'
 import math, torch
@@ -126,16 +155,14 @@ for (b, kd, L, n) in [(2, 768, 3136, 1), (1, 384, 3136, 16), (2, 192, 49, 16), (
         print(f"{str((b, kd, L, n)):>22} {str(native):>10} {fe:13.2e} {max(errs):12.2e} {names[k]:>6} {ok}", flush=True)
 PYEOF
 
-# Scan benchmark (benchmarks/scan.py): B=2 with every backend; B=64 with the GPU kernels only (the
-# torch path materialises (B, 4D, N, L) tensors, tens of GB at N=16).
-GPU_BACKENDS="triton"
-if "$PY" -c "import mamba_ssm.ops.selective_scan_interface" >/dev/null 2>&1; then GPU_BACKENDS="triton mamba_ssm"; fi
+# The fused Adaptor-T read-out kernel vs the torch path (embedding_bag) at VMamba-T stage shapes.
+TAIL_LINES=14 run_step adaptor_kernel 60 "$PY" benchmarks/adaptor_t_kernel.py
+
+# Scan benchmark (benchmarks/scan.py) at B=2, every stage, with every backend (the torch path
+# materialises (B, 4D, N, L) tensors, tens of GB at N=16 and B=64: hence B=64 above has GPU kernels only).
 # shellcheck disable=SC2086
 TAIL_LINES=40 run_step scan_bench_b2 100 "$PY" benchmarks/scan.py --device cuda --batch 2 --n 1 16 \
   --ssm-ratio 2.0 --repeats 10 --peak-gbs "$PEAK" --backends torch $GPU_BACKENDS --json "$LOG_DIR/scan_b2.json"
-# shellcheck disable=SC2086
-TAIL_LINES=40 run_step scan_bench_b64 80 "$PY" benchmarks/scan.py --device cuda --batch 64 --n 1 16 \
-  --ssm-ratio 2.0 --repeats 10 --peak-gbs "$PEAK" --backends $GPU_BACKENDS --json "$LOG_DIR/scan_b64.json"
 
 TAIL_LINES=8 run_step cross_bench 40 "$PY" - <<'PYEOF'
 import torch
@@ -163,14 +190,6 @@ for shape in [(64, 192, 56, 56), (64, 384, 28, 28), (64, 768, 14, 14)]:
         print(f"{str(shape):>20} {op:>6} {tt:10.3f} {tr:9.3f} {nbytes / tt / 1e6:7.0f} {str(torch.equal(tri(arg), ref(arg))):>6}")
 PYEOF
 
-# The fused Adaptor-T read-out kernel vs the torch path (embedding_bag) at VMamba-T stage shapes.
-TAIL_LINES=14 run_step adaptor_kernel 60 "$PY" benchmarks/adaptor_t_kernel.py
-
-# The whole model on the GPU (Triton scan): vmamba_tiny_s1l8 at batch 64, plain vs Mamba-Adaptor,
-# forward and forward+backward, ratios measured in the same run.
-TAIL_LINES=16 run_step adaptor_gpu 120 "$PY" benchmarks/adaptor_overhead.py --device cuda --batch 64 \
-  --repeats 5
-
 # The rest of tests/kernels (torch path, dispatch) last: useful, but not what needs the GPU.
 TAIL_LINES=8 run_step other_kernel_tests 60 "$PY" -m pytest -q -p no:cacheprovider -rfE ${KSEL[@]+"${KSEL[@]}"} tests/kernels \
   --ignore=tests/kernels/test_scan_triton.py --ignore=tests/kernels/test_cross_scan_triton.py \
@@ -183,11 +202,34 @@ cat "$SUMMARY"
 for f in correctness cross_bench adaptor_kernel; do
   if [ -s "$LOG_DIR/$f.log" ]; then echo "--- $f"; grep -v '^$' "$LOG_DIR/$f.log" | tail -n 12; fi
 done
-if [ -s "$LOG_DIR/adaptor_gpu.log" ]; then
-  echo "--- adaptor_gpu"
-  grep -E 'device|batch|fwd' "$LOG_DIR/adaptor_gpu.log" || true
+if [ -s "$LOG_DIR/model_table.log" ]; then
+  echo "--- model_table (benchmarks/model_step.py)"
+  grep -E '^# |^(fp32|bf16)' "$LOG_DIR/model_table.log" || true
 fi
-for f in scan_bench_b2 scan_bench_b64; do
+if [ -s "$LOG_DIR/scan_stage1.json" ]; then
+  echo "--- scan at stage-1 shape: fwd+bwd % of peak ${PEAK} GB/s (targets: N=1 >= 40%, N=16 >= 20%)"
+  PEAK="$PEAK" "$PY" - "$LOG_DIR/scan_stage1.json" <<'PYEOF' || true
+import json, os, sys
+sys.path.insert(0, "benchmarks")
+from scan import bytes_model
+peak = float(os.environ["PEAK"])
+print("bytes model (fp32 inputs, E = B*4D*L, BC = B*4*N*L*4): fwd 2*4E + 4E + 2*BC (read u, delta, B, C;")
+print("  write y), bwd 2*4E + 4E + 2*4E + 4*BC (read u, delta, dy, B, C; write du, ddelta, dB, dC)")
+for row in json.load(open(sys.argv[1]))["rows"]:
+    s = row["shape"]
+    shape = (s["B"], s["KD"], s["L"], s["N"])
+    fwd, fb = bytes_model(*shape, 4)
+    if not row.get("fwdbwd"):
+        print(f"{str(shape):>24} {row['backend']:>9} {row.get('note', 'no fwd+bwd time')}")
+        continue
+    pct = 100 * fb / row["fwdbwd"] / 1e9 / peak
+    target = 40 if s["N"] == 1 else 20
+    verdict = "PASS" if pct >= target else "FAIL"
+    print(f"{str(shape):>24} {row['backend']:>9} fwd {1e3 * row['fwd']:8.3f} ms {100 * fwd / row['fwd'] / 1e9 / peak:5.1f}%"
+          f"  fwd+bwd {1e3 * row['fwdbwd']:8.3f} ms {pct:5.1f}% (target {target}%: {verdict})")
+PYEOF
+fi
+for f in scan_bench_b2; do
   if [ -s "$LOG_DIR/$f.log" ]; then
     echo "--- $f (all rows: $LOG_DIR/$f.log)"
     grep -E '^ *B |^ *[0-9]+ ' "$LOG_DIR/$f.log" || true

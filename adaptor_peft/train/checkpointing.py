@@ -101,8 +101,12 @@ def save_checkpoint(
     scheduler: LRScheduler,
     state: dict[str, Any],
     keep: int,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one complete checkpoint (collective: every process must call it)."""
+    """Write one complete checkpoint (collective: every process must call it).
+
+    ``optimizer_state``: what to save instead of ``optimizer.state_dict()`` (the gathered state under FSDP).
+    """
     root = Path(run_dir) / CKPT_DIR
     final = root / checkpoint_name(step)
     tmp = root / f".tmp_{checkpoint_name(step)}"
@@ -114,7 +118,11 @@ def save_checkpoint(
         tmp.mkdir()
     accelerator.wait_for_everyone()
     try:
-        _write_checkpoint(accelerator, root, tmp, final, step, trainable, optimizer, scheduler, state, keep)
+        if optimizer_state is None:
+            optimizer_state = optimizer.state_dict()
+        _write_checkpoint(
+            accelerator, root, tmp, final, step, trainable, optimizer_state, scheduler, state, keep
+        )
     except BaseException:
         if main:  # a failed write (disk full, read-only dir) leaves no partial folder behind
             shutil.rmtree(tmp, ignore_errors=True)
@@ -129,7 +137,7 @@ def _write_checkpoint(
     final: Path,
     step: int,
     trainable: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler: LRScheduler,
     state: dict[str, Any],
     keep: int,
@@ -140,7 +148,7 @@ def _write_checkpoint(
     accelerator.wait_for_everyone()
     if main:
         (tmp / "trainable.safetensors").write_bytes(st_save(trainable))
-        (tmp / "optimizer.pt").write_bytes(_torch_bytes(optimizer.state_dict()))
+        (tmp / "optimizer.pt").write_bytes(_torch_bytes(optimizer_state))
         (tmp / "scheduler.pt").write_bytes(_torch_bytes(scheduler.state_dict()))
         (tmp / "state.json").write_text(
             json.dumps({**state, "step": step, "world_size": accelerator.num_processes})

@@ -41,6 +41,7 @@ from .methods import Method, get_method, head_param_names
 from .metrics import ClassificationMeter
 from .recipes import Recipe, RecipeError, load_recipe, load_yaml_bounded
 from .run_lock import RunDirError, RunDirLock, RunDirLockedError
+from .sharding import check_fsdp_active, full_model_state, full_optimizer_state, full_tensor, is_fsdp
 from .tracking import JsonlLog, plot_curves
 
 if TYPE_CHECKING:  # accelerate is imported when a run starts, not with this module
@@ -506,6 +507,11 @@ class TrainingRun:
             self.accelerator.print(f"warning: {w}")
         if folder is None:
             return
+        if is_fsdp(self.accelerator):  # the checkpoint holds whole tensors; loading into shards is not built
+            raise RunDirError(
+                f"{folder}: resuming a run under FSDP is not supported; resume it with DDP on as many "
+                "processes (recipes/accelerate/multi_gpu_ddp.yaml) or pass overwrite=true to start again"
+            )
         saved = load_checkpoint_state(
             self.accelerator, folder, self.unwrapped, self.optimizer, self.scheduler
         )
@@ -581,18 +587,12 @@ class TrainingRun:
 
     def checkpoint(self, at_step: int) -> None:
         """Save trainable tensors, buffers, optimizer, schedule, RNG and the loop's counters."""
-        tensors = {
-            n: p.detach().to("cpu", copy=True).contiguous()
-            for n, p in self.unwrapped.named_parameters()
-            if p.requires_grad
-        }
-        tensors.update(
-            {
-                n: b.detach().to("cpu", copy=True).contiguous()
-                for n, b in self.unwrapped.named_buffers()
-                if n in self.unwrapped.state_dict()
-            }
-        )
+        # whole tensors (FSDP shards are gathered: every process takes part)
+        tensors = {n: full_tensor(p) for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        persistent = self.unwrapped.state_dict().keys()
+        tensors.update({n: full_tensor(b) for n, b in self.unwrapped.named_buffers() if n in persistent})
+        sharded = is_fsdp(self.accelerator)
+        optimizer_state = full_optimizer_state(self.model, self.optimizer) if sharded else None
         state = {
             "window": self.window.state(),
             "initial_eval": self.initial_eval,
@@ -609,7 +609,20 @@ class TrainingRun:
             self.scheduler,
             state,
             self.recipe.keep_checkpoints,
+            optimizer_state=optimizer_state,
         )
+
+    def whole_model(self) -> nn.Module:
+        """The trained model with whole tensors (collective): the model itself, or under FSDP a fresh
+        unsharded copy holding the gathered state on the main process (the others get the sharded one)."""
+        if not is_fsdp(self.accelerator):
+            return self.unwrapped
+        state = full_model_state(self.model)  # whole tensors, on the main process only
+        if not self.main:
+            return self.unwrapped
+        whole = self.method.prepare(build_model(self.recipe, self.data.num_classes), self.recipe)
+        whole.load_state_dict(state, strict=True)
+        return whole
 
     def count_batch(self, loss: torch.Tensor, logits: torch.Tensor, batch: Any) -> None:
         """Add one batch's loss and correct predictions to the logging window."""
@@ -714,11 +727,12 @@ class TrainingRun:
         artefact = self.run_dir / self.method.artefact
         meta = _model_info_meta(recipe, self.data.classes)
         plot_path = None
+        whole = self.whole_model()
         if self.main:
             meta["steps"] = step
             if final_eval is not None:
                 meta["final_top1"] = final_eval["top1"]
-            self.method.save(self.unwrapped, artefact, meta)
+            self.method.save(whole, artefact, meta)
             if final_eval is not None:
                 atomic_write_text(self.run_dir / "final_eval.json", json.dumps(final_eval, indent=1))
             if recipe.plot:
@@ -775,6 +789,7 @@ def start_run(recipe: Recipe) -> TrainingRun:
     # The data is opened (and checked: unreadable images, NaN pixels, labels) before the run directory
     # is created or locked, so bad data leaves no half-started run behind.
     sources = build_sources(recipe)
+    check_fsdp_active(accelerator)  # before any file is touched
     lock = _claim_run_dir(accelerator, run_dir, recipe)
     try:
         return _start_run(recipe, accelerator, run_dir, lock, t_start, sources)
