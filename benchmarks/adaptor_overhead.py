@@ -95,7 +95,7 @@ def measure_interleaved(
     for round_ in range(repeats + 1):  # round 0 is the warm-up
         for label in samples:
             if label in ROWS:
-                inject_adaptors(model, MambaAdaptorConfig(**ROWS[label]))
+                inject_adaptors(model, MambaAdaptorConfig(**{"train_norms": False, **ROWS[label]}))
             elif label == "plain, head only":  # the frozen-base baseline for the backward pass
                 for p in model.parameters():
                     p.requires_grad_(p in head)
@@ -124,7 +124,7 @@ def budget_table(name: str, num_classes: int) -> list[tuple[str, int, float, flo
     for label, overrides in BUDGETS.items():
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes)
-        inject_adaptors(model, MambaAdaptorConfig(**overrides))
+        inject_adaptors(model, MambaAdaptorConfig(**{"train_norms": False, **overrides}))
         rep = trainable_report(model)
         rows.append((label, rep.trainable_params_no_head, rep.trainable_pct_no_head, rep.trainable_pct))
     return rows

@@ -2,8 +2,10 @@
 
 The defaults are the library's "default transfer config": Adaptor-T with phi shared across the 4
 scan directions (S=2 heads x K=4 points) plus a split 3x3 Adaptor-S with dilations (1, 2, 3),
-identity init. On vmamba_tiny_s1l8 that is 135,008 trainable adaptor parameters, 0.46% of the
-base without its head (docs/paper_digest.md §6.3: "about 0.5%" needs phi shared across directions).
+identity init, and the norms' affine parameters train too. On vmamba_tiny_s1l8 that is 170,624
+trainable parameters without the head, 0.58% of the base without its head: 135,008 adaptor parameters
+(0.46%; docs/paper_digest.md §6.3: "about 0.5%" needs phi shared across directions) + 35,616 norm
+parameters (0.12%).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class MambaAdaptorConfig:
     init: str = "identity"
     # what trains besides the adaptors (when the base is frozen)
     train_head: bool = True
-    train_norms: bool = False
+    # norms on by default: +6.4 test points for T+S on MNIST 1k (benchmarks/results/transfer_v2.md)
+    train_norms: bool = True
     train_biases: bool = False
     modules_to_save: tuple[str, ...] = field(default_factory=tuple)  # fnmatch patterns over module names
 

@@ -97,7 +97,7 @@ VARIANTS = {
     "s_stages": ({"s_stages": (-1,)}, "keys"),
     "init": ({"init": "identity"}, "logits"),
     "train_head": ({"train_head": False}, "trainable"),
-    "train_norms": ({"train_norms": True}, "trainable"),
+    "train_norms": ({"train_norms": False}, "trainable"),  # the default is True
     "train_biases": ({"train_biases": True}, "trainable"),
     "modules_to_save": ({"modules_to_save": ("patch_embed.*",)}, "trainable"),
 }

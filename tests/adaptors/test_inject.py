@@ -67,7 +67,7 @@ def _train_step(model, x, y, opt):
 def test_one_step_changes_only_adaptors_and_head(build_conformance_model, name):
     model = build_conformance_model(name)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    inject_adaptors(model, MambaAdaptorConfig())
+    inject_adaptors(model, MambaAdaptorConfig(train_norms=False))  # frozen norms: only adaptors + head
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-2)
@@ -133,10 +133,18 @@ def test_state_dict_report_and_config(build_conformance_model):
     assert base_keys <= set(state)  # no base key renamed
     adaptor_keys = set(state) - base_keys
     assert all(".op.adaptor_t." in k or ".op.adaptor_s." in k for k in adaptor_keys)
+    # default train_norms=True: the LayerNorms (stem 2, per block norm/op.out_norm/norm2, downsample
+    # LN of stages 0-2, classifier norm) train and are saved with the adaptors and the head
+    blocks = [f"layers.{i}.blocks.{j}" for i, depth in enumerate((1, 1, 2, 1)) for j in range(depth)]
+    norms = ["patch_embed.2", "patch_embed.7", "classifier.norm"]
+    norms += [f"{b}.{n}" for b in blocks for n in ("norm", "op.out_norm", "norm2")]
+    norms += [f"layers.{i}.downsample.3" for i in range(3)]
+    norm_keys = {f"{n}.{w}" for n in norms for w in ("weight", "bias")}
+    assert norm_keys <= base_keys
     sd = adaptor_state_dict(model)
-    assert set(sd) == adaptor_keys | {"classifier.head.weight", "classifier.head.bias"}
+    assert set(sd) == adaptor_keys | norm_keys | {"classifier.head.weight", "classifier.head.bias"}
     assert all(torch.equal(sd[k], state[k]) for k in sd)
-    assert set(adaptor_state_dict(model, include_head=False)) == adaptor_keys
+    assert set(adaptor_state_dict(model, include_head=False)) == adaptor_keys | norm_keys
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(sd)
 
@@ -144,12 +152,18 @@ def test_state_dict_report_and_config(build_conformance_model):
     # from the shapes (dims 16-32-64-128, depths 1-1-2-1, d_state 1, 10 classes): per block of d_inner D,
     # Adaptor-T phi_p + phi_c (8 x D weights + 8 biases each) + gamma (D) and Adaptor-S 9*D
     n_adapt = sum(2 * (8 * d + 8) + d + 9 * d for d in (16, 32, 64, 64, 128))
+    # LayerNorm weight + bias: stem LN(8), LN(16); 3 per block of width c (d_inner = c); downsample
+    # LN(32), LN(64), LN(128); classifier LN(128)
+    n_norm = 2 * (8 + 16) + sum(3 * 2 * c for c in (16, 32, 64, 64, 128)) + 2 * (32 + 64 + 128) + 2 * 128
     n_head = 128 * 10 + 10
     assert n_adapt == sum(state[k].numel() for k in adaptor_keys)
+    assert n_norm == sum(state[k].numel() for k in norm_keys)
     assert rep.adaptor_params == n_adapt and rep.head_params == n_head
     assert rep.base_params == 384_074 and rep.base_params_no_head == 384_074 - n_head
-    assert rep.trainable_params == n_adapt + n_head and rep.trainable_params_no_head == n_adapt
-    assert rep.trainable_pct_no_head == pytest.approx(100 * n_adapt / (384_074 - n_head))
+    assert rep.trainable_params == n_adapt + n_norm + n_head
+    assert rep.trainable_params_no_head == n_adapt + n_norm
+    assert rep.trainable_pct_no_head == pytest.approx(100 * (n_adapt + n_norm) / (384_074 - n_head))
+    assert rep.by_type["norm"]["trainable"] == n_norm
     assert rep.by_type["adaptor_t"]["trainable"] + rep.by_type["adaptor_s"]["trainable"] == n_adapt
     text = str(rep)
     assert f"{rep.trainable_pct_no_head:.3f}% of the base without the head" in text
@@ -162,8 +176,15 @@ def test_default_transfer_budget_vmamba_tiny():
     inject_adaptors(model, MambaAdaptorConfig())
     rep = trainable_report(model)
     assert rep.base_params_no_head == 29_480_064 and rep.head_params == 76_900
-    assert rep.trainable_params_no_head == 135_008  # 88,352 Adaptor-T + 46,656 Adaptor-S
-    assert rep.trainable_pct_no_head <= 0.5
+    assert rep.adaptor_params == 135_008  # 88,352 Adaptor-T + 46,656 Adaptor-S
+    assert 100 * rep.adaptor_params / rep.base_params_no_head <= 0.5  # the paper's "about 0.5%"
+    # + the LayerNorms (default train_norms=True), weight + bias: stem LN(48), LN(96); per block norm,
+    # op.out_norm, norm2 of width c (d_inner = c); downsample LN(192), LN(384), LN(768); classifier LN(768)
+    n_norm = 2 * (48 + 96) + sum(3 * 2 * c * depth for c, depth in ((96, 2), (192, 2), (384, 8), (768, 2)))
+    n_norm += 2 * (192 + 384 + 768) + 2 * 768
+    assert n_norm == 35_616 and rep.by_type["norm"]["trainable"] == n_norm
+    assert rep.trainable_params_no_head == 135_008 + n_norm == 170_624
+    assert rep.trainable_pct_no_head == pytest.approx(100 * 170_624 / 29_480_064)  # 0.58%
 
 
 @pytest.mark.parametrize("name", list(RELEASED_VARIANTS))

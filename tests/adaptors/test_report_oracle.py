@@ -86,27 +86,32 @@ def test_default_config_on_tiny_model():
     model = inject_adaptors(create_model(TINY), MambaAdaptorConfig(**cfg))
     rep = trainable_report(model)
     base_total = sum(base.values())
+    # default train_norms=True: every LayerNorm weight+bias trains too (counted in base_counts)
+    trained_no_head = t + s + base["norm"]
     assert rep.total_params == base_total + t + s
     assert rep.base_params == base_total and rep.head_params == base["head"]
     assert rep.base_params_no_head == base_total - base["head"]
     assert rep.adaptor_params == t + s
-    assert rep.trainable_params == t + s + base["head"]
-    assert rep.trainable_params_no_head == t + s
-    assert rep.trainable_pct == pytest.approx(100.0 * (t + s + base["head"]) / base_total)
-    assert rep.trainable_pct_no_head == pytest.approx(100.0 * (t + s) / (base_total - base["head"]))
+    assert rep.trainable_params == trained_no_head + base["head"]
+    assert rep.trainable_params_no_head == trained_no_head
+    assert rep.trainable_pct == pytest.approx(100.0 * (trained_no_head + base["head"]) / base_total)
+    assert rep.trainable_pct_no_head == pytest.approx(100.0 * trained_no_head / (base_total - base["head"]))
     assert rep.by_type == {
         "adaptor_t": {"params": t, "trainable": t},
         "adaptor_s": {"params": s, "trainable": s},
         "head": {"params": base["head"], "trainable": base["head"]},
-        "norm": {"params": base["norm"], "trainable": 0},
+        "norm": {"params": base["norm"], "trainable": base["norm"]},
         "bias": {"params": base["bias"], "trainable": 0},
         "other": {"params": base["other"], "trainable": 0},
     }
     text = str(rep)
-    pct = 100.0 * (t + s + base["head"]) / base_total
-    pct_no_head = 100.0 * (t + s) / (base_total - base["head"])
-    assert f"trainable (with head): {t + s + base['head']:,} = {pct:.3f}% of the base" in text
-    assert f"trainable (no head):   {t + s:,} = {pct_no_head:.3f}% of the base without the head" in text
+    pct = 100.0 * (trained_no_head + base["head"]) / base_total
+    pct_no_head = 100.0 * trained_no_head / (base_total - base["head"])
+    assert f"trainable (with head): {trained_no_head + base['head']:,} = {pct:.3f}% of the base" in text
+    assert (
+        f"trainable (no head):   {trained_no_head:,} = {pct_no_head:.3f}% of the base without the head"
+        in text
+    )
     assert f"base model:            {base_total:,} params ({base_total - base['head']:,} without" in text
 
 
@@ -142,13 +147,20 @@ def test_vmamba_tiny_default_budget_from_the_formulas():
     t, s = adaptor_counts(d_inners, 1, {})
     assert sum(base.values()) - base["head"] == 29_480_064 and base["head"] == 76_900
     assert (t, s) == (88_352, 46_656)  # docs: 88,352 Adaptor-T + 46,656 Adaptor-S
+    # default train_norms=True: docs: + 35,616 norm parameters = 170,624 without the head (0.58%)
+    assert base["norm"] == 35_616 and t + s + base["norm"] == 170_624
     with torch.device("meta"):
         model = create_model("vmamba_tiny_s1l8", num_classes=100)
     rep = trainable_report(inject_adaptors(model, MambaAdaptorConfig()))
     assert rep.base_params == sum(base.values()) and rep.head_params == base["head"]
-    assert rep.trainable_params == t + s + base["head"]
-    assert rep.trainable_pct == pytest.approx(100.0 * (t + s + base["head"]) / sum(base.values()))
-    assert rep.trainable_pct_no_head == pytest.approx(100.0 * (t + s) / 29_480_064)
+    assert rep.adaptor_params == t + s
+    assert rep.trainable_params == t + s + base["norm"] + base["head"]
+    assert rep.trainable_params_no_head == t + s + base["norm"]
+    assert rep.trainable_pct == pytest.approx(
+        100.0 * (t + s + base["norm"] + base["head"]) / sum(base.values())
+    )
+    assert rep.trainable_pct_no_head == pytest.approx(100.0 * (t + s + base["norm"]) / 29_480_064)
+    assert f"{rep.trainable_pct_no_head:.2f}" == "0.58"  # docs: 0.58% of the base without the head
     assert {k: rep.by_type[k]["params"] for k in ("norm", "bias", "other")} == {
         k: base[k] for k in ("norm", "bias", "other")
     }

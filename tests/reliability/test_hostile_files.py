@@ -234,8 +234,11 @@ def test_peft_intact_adapter_loads_the_saved_values(peft_adapter):
     state = pm.state_dict()
     for key, value in saved.items():
         target = key.replace("mamba_adaptor_modules.", "mamba_adaptor_modules.default.")
-        target = target.replace("classifier.head.", "classifier.head.modules_to_save.default.")
+        if target == key:  # head and (default train_norms=True) norms: peft's ModulesToSaveWrapper copy
+            module, _, leaf = key.rpartition(".")
+            target = f"{module}.modules_to_save.default.{leaf}"
         assert torch.equal(state[target], value), key
+    assert any(".norm." in k or k.endswith(("norm.weight", "norm.bias")) for k in saved)  # norms saved too
 
 
 # --------------------------------------------------------------------------- 8: raw errors, named

@@ -49,7 +49,7 @@ def _trainable(model: torch.nn.Module) -> dict[str, int]:
 
 
 def test_trainable_names_and_count():
-    model = get_method("hybrid").prepare(_model(), _recipe(r=4))
+    model = get_method("hybrid").prepare(_model(), _recipe({"train_norms": False}, r=4))  # base frozen
     want = set(HEAD)
     for b in BLOCKS:
         want |= {
@@ -142,7 +142,8 @@ def test_gamma_lr_puts_exactly_the_gammas_in_their_own_group():
     from adaptor_peft.train.trainer import param_groups
 
     model = get_method("adaptor").prepare(
-        _model(), load_recipe({"model": "test_vmamba", "method": "adaptor"})
+        _model(),
+        load_recipe({"model": "test_vmamba", "method": "adaptor", "adaptor": {"train_norms": False}}),
     )
     plain = param_groups(model, load_recipe({"model": "test_vmamba", "lr": 1e-3}))
     assert [g["name"] for g in plain] == ["adaptor", "adaptor", "head", "head"]  # unchanged without it

@@ -16,7 +16,8 @@ EPS = 0.5
 
 def _recipe(toy_data, out, **over):
     base = dict(
-        model=TINY_VMAMBA, method="adaptor", adaptor={"num_heads": 2, "num_points": 2, "dilations": [1, 2]},
+        model=TINY_VMAMBA, method="adaptor", adaptor={"num_heads": 2, "num_points": 2, "dilations": [1, 2],
+                                                      "train_norms": False},  # as the reference loop
         train_data=str(toy_data[0]), eval_data=None, img_size=16, batch_size=8, max_steps=6, lr=0.03,
         warmup_steps=1, weight_decay=0.05, log_every=1, progress=False, plot=False, seed=0,
         label_smoothing=EPS, output_dir=str(out),

@@ -21,7 +21,8 @@ from adaptor_peft.train.trainer import final_tensors, train
 
 def recipe(toy_data, out, **over):
     base = dict(
-        model=TINY_VMAMBA, method="adaptor", adaptor={"num_heads": 2, "num_points": 2, "dilations": [1, 2]},
+        model=TINY_VMAMBA, method="adaptor", adaptor={"num_heads": 2, "num_points": 2, "dilations": [1, 2],
+                                                      "train_norms": False},  # pinned: adaptors + head
         train_data=str(toy_data[0]), eval_data=None, img_size=16, batch_size=8, max_steps=6, lr=0.01,
         warmup_steps=2, weight_decay=0.05, log_every=1, progress=False, plot=False, seed=0,
         output_dir=str(out),
