@@ -96,32 +96,26 @@ _HOOK = _RegisterAfterPeft()
 _TIMM_HOOK = _RegisterAfterTimm()
 
 
-def _register() -> None:
-    # A peft this tuner cannot work with must not break `import peft` for everything else: warn; using
-    # adaptor_peft.MambaAdaptorPeftConfig / get_peft_model then raises the real error.
+def _import_or_warn(module: str, what: str, library: str) -> None:
+    # A library these modules cannot work with must not break `import peft` / `import timm` for
+    # everything else: warn; using adaptor_peft's API for it then raises the real error.
     try:
-        importlib.import_module(TUNER_MODULE)
+        importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001
         warnings.warn(
-            f"adaptor_peft could not register its Mamba-Adaptor tuner with peft "
-            f"{getattr(sys.modules.get('peft'), '__version__', '?')}: {type(exc).__name__}: {exc}",
+            f"adaptor_peft could not register its {what} with {library} "
+            f"{getattr(sys.modules.get(library), '__version__', '?')}: {type(exc).__name__}: {exc}",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def _register() -> None:
+    _import_or_warn(TUNER_MODULE, "Mamba-Adaptor tuner", "peft")
 
 
 def _register_timm() -> None:
-    # As for peft: a timm these models cannot work with must not break `import timm`; using
-    # adaptor_peft.create_model then raises the real error.
-    try:
-        importlib.import_module(TIMM_MODELS_MODULE)
-    except Exception as exc:  # noqa: BLE001
-        warnings.warn(
-            f"adaptor_peft could not register its VMamba models with timm "
-            f"{getattr(sys.modules.get('timm'), '__version__', '?')}: {type(exc).__name__}: {exc}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _import_or_warn(TIMM_MODELS_MODULE, "VMamba models", "timm")
 
 
 def install() -> None:

@@ -485,16 +485,7 @@ def plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
         ax.set_title(key)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _save_fig(fig, path, dpi=110)
 
 
 # === protocol v2: epochs, per-method lr on a validation split, budget-matched rows, curves, Pareto ====
@@ -839,13 +830,13 @@ def run_v2(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _save_fig(fig: Any, path: Path) -> None:
+def _save_fig(fig: Any, path: Path, dpi: int = 100) -> None:
     import matplotlib.pyplot as plt
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=dpi)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:

@@ -251,8 +251,8 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "select-stage-range-off-by-one",
         SEL,
-        "if not -num_stages <= s < num_stages:",
-        "if not -num_stages <= s <= num_stages:",
+        "if not -len(present) <= s < len(present):",
+        "if not -len(present) <= s <= len(present):",
         "stage index == number of stages passes the range check (IndexError instead of ValueError)",
         [INJECT],
     ),
@@ -585,8 +585,8 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "rebuild-wrong-seed",
         INF,
-        "        torch.manual_seed(recipe.seed)\n",
-        "        torch.manual_seed(recipe.seed + 1)\n",
+        "        torch.manual_seed(recipe.seed)\n        model = method.prepare(",
+        "        torch.manual_seed(recipe.seed + 1)\n        model = method.prepare(",
         "a rebuilt run seeds the base/head differently from training",
         [PREDICT_ORACLE, CLI],
     ),
@@ -757,9 +757,9 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "io-fingerprint-counts-head",
         IO_FILE,
-        "excl = set(file_keys) | set(head_keys) | _hook_keys(model)",
-        "excl = set(file_keys) | _hook_keys(model)",
-        "fingerprint check on load includes the head keys the file left out",
+        "set(trained) | _hook_keys(model))",
+        "{k for k in trained if k not in head} | _hook_keys(model))",
+        "fingerprint check on load includes the trained head it should skip",
         [IO_TOY, IO_VMAMBA],
     ),
     mutant(

@@ -283,6 +283,30 @@ def find_resumable(run_dir: Path, world_size: int | None = None) -> tuple[Path |
     return None, warnings
 
 
+def copy_checkpoint_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Copy a checkpoint's trainable tensors (and buffers) into the method-prepared model, in place.
+
+    Every tensor must name a parameter or buffer of the model with the same shape, and every trainable
+    parameter must be there: a checkpoint of another run's model is a CheckpointError naming the folder.
+    """
+    own = dict(model.named_parameters())
+    own.update(dict(model.named_buffers()))
+    unknown = sorted(set(tensors) - set(own))
+    missing = sorted({n for n, p in model.named_parameters() if p.requires_grad} - set(tensors))
+    if unknown or missing:
+        raise CheckpointError(
+            f"{folder}: does not fit the run's model (tensors not in the model: {unknown[:5]}, "
+            f"trainable tensors missing: {missing[:5]})"
+        )
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if own[name].shape != value.shape:
+                raise CheckpointError(
+                    f"{folder}: '{name}' has shape {list(value.shape)}, the model {list(own[name].shape)}"
+                )
+            own[name].copy_(value)
+
+
 def load_checkpoint_state(
     accelerator: Accelerator,
     folder: Path,
@@ -291,24 +315,7 @@ def load_checkpoint_state(
     scheduler: LRScheduler,
 ) -> dict[str, Any]:
     """Restore trainable tensors, optimizer, scheduler and this process's RNG; return state.json."""
-    tensors = st_load((folder / "trainable.safetensors").read_bytes())
-    own = dict(model.named_parameters())
-    own.update(dict(model.named_buffers()))
-    missing = [k for k in tensors if k not in own]
-    if missing:
-        raise CheckpointError(f"{folder}/trainable.safetensors: tensors not in the model: {missing[:5]}")
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if not trainable <= set(tensors):
-        raise CheckpointError(
-            f"{folder}: the checkpoint lacks trainable tensors {sorted(trainable - set(tensors))[:5]}"
-        )
-    with torch.no_grad():
-        for k, v in tensors.items():
-            if own[k].shape != v.shape:
-                raise CheckpointError(
-                    f"{folder}: '{k}' has shape {list(v.shape)}, the model {list(own[k].shape)}"
-                )
-            own[k].copy_(v)
+    copy_checkpoint_tensors(model, st_load((folder / "trainable.safetensors").read_bytes()), folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
     rng_file = folder / f"rng_rank{accelerator.process_index}.pt"

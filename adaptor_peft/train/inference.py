@@ -322,23 +322,9 @@ def _load_checkpoint_tensors(model: nn.Module, folder: Path) -> None:
     """Load a verified checkpoint's trainable tensors (and buffers) into the method-prepared model."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(folder / "trainable.safetensors"))
-    own = dict(model.named_parameters())
-    own.update(dict(model.named_buffers()))
-    unknown = sorted(set(tensors) - set(own))
-    missing = sorted({n for n, p in model.named_parameters() if p.requires_grad} - set(tensors))
-    if unknown or missing:
-        raise CheckpointError(
-            f"{folder}: does not fit the run's model (tensors not in the model: {unknown[:5]}, "
-            f"trainable tensors missing: {missing[:5]})"
-        )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if own[name].shape != value.shape:
-                raise CheckpointError(
-                    f"{folder}: '{name}' has shape {list(value.shape)}, the model {list(own[name].shape)}"
-                )
-            own[name].copy_(value)
+    from .checkpointing import copy_checkpoint_tensors
+
+    copy_checkpoint_tensors(model, load_file(str(folder / "trainable.safetensors")), folder)
 
 
 # --- peft save_pretrained directories ---------------------------------------------------------------
