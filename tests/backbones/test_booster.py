@@ -50,7 +50,9 @@ def test_groups_split_base_head_adaptor_and_decay() -> None:
 
 
 def test_head_defaults_to_base_lr_and_frozen_params_are_left_out() -> None:
-    model = inject_adaptors(timm.create_model("test_vmamba"), MambaAdaptorConfig(), freeze_base=True)
+    # Norms frozen explicitly (the default trains them): this test is about what a frozen base leaves out.
+    config = MambaAdaptorConfig(train_norms=False)
+    model = inject_adaptors(timm.create_model("test_vmamba"), config, freeze_base=True)
     groups = booster_param_groups(model, base_lr=1e-5, adaptor_lr=1e-3, weight_decay=0.05)
     assert [g["group_name"] for g in groups] == [
         "head_decay",

@@ -51,7 +51,8 @@ def test_registers_into_an_mm_registry_and_builds_from_a_config(monkeypatch, tmp
     cls = timm.create_model("test_vmamba")
     path = tmp_path / "cls.safetensors"
     save_file({k: v.contiguous() for k, v in cls.state_dict().items()}, str(path))
-    cfg = dict(arch="test_vmamba", out_indices=(1, 2, 3), adaptor=dict(num_heads=2, num_points=2),
+    adaptor = dict(num_heads=2, num_points=2, train_norms=False)  # frozen base, norms too (default: trained)
+    cfg = dict(arch="test_vmamba", out_indices=(1, 2, 3), adaptor=adaptor,
                init_cfg=dict(type="Pretrained", checkpoint=str(path)))  # fmt: skip
     backbone = registry.modules[MM_BACKBONE_NAME](**cfg)
     backbone.init_weights()
