@@ -159,21 +159,23 @@ def run_capped_cases(code: str, cwd: Path) -> dict[str, dict]:
     message), seconds, growth of peak RSS in MB, the warnings and the returned value."""
     tests = str(Path(__file__).resolve().parents[1])
     program = _CHILD_PRELUDE.format(cap=CHILD_CAP_BYTES, tests=tests) + code + _CHILD_RUN
+    return child_result([sys.executable, "-c", program], cwd, CHILD_TIMEOUT_S)
+
+
+def child_result(argv: list[str], cwd: Path, timeout: float) -> dict:
+    """Run a child Python that prints ``RESULT <json>`` lines; the last one, decoded (assert: one exists).
+
+    One thread and few malloc arenas, so an address-space cap set inside the child does not depend on
+    the core count; the repository first on the path; no GPU.
+    """
     env = {
         **os.environ,
-        "PYTHONPATH": str(Path(tests).parent),
-        "OMP_NUM_THREADS": "1",  # the address-space cap must not depend on the core count
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "OMP_NUM_THREADS": "1",
         "MALLOC_ARENA_MAX": "2",
         "CUDA_VISIBLE_DEVICES": "",
     }
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-        env=env,
-    )
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     tail = f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     assert lines, f"child reported nothing (rc {done.returncode}):\n{tail}"

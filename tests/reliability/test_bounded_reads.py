@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import child_result
 
 from adaptor_peft import MambaAdaptorConfig, inject_adaptors, save_adaptors
 from adaptor_peft.models import create_model
@@ -76,18 +76,8 @@ print("RESULT " + json.dumps(out))
 
 def run_child(call: str, path: Path, cap: int = CAP) -> dict:
     """Run one reader call on ``path`` in a capped child; its exception, message, seconds, rss growth."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps({"call": call, "path": str(path), "cap": cap})],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, f"child failed (status {proc.returncode}):\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT ") :])
+    argv = [sys.executable, "-c", CHILD, json.dumps({"call": call, "path": str(path), "cap": cap})]
+    return child_result(argv, REPO, CHILD_TIMEOUT)
 
 
 def assert_refused(result: dict, exc: str, *words: str, path: Path | None = None) -> None:

@@ -9,15 +9,14 @@ that model came out untouched.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from reliability_helpers import child_result
 
 from adaptor_peft.limits import ADAPTOR_LIMITS, MAX_RECIPE_BYTES
 from adaptor_peft.train.recipes import RecipeError, load_recipe, load_yaml_bounded
@@ -58,20 +57,7 @@ def run_child(body: str, tmp_path: Path) -> dict:
             report(exc)
         """)
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        # one thread and few malloc arenas: the address-space cap must not depend on the core count
-        env={**os.environ, "PYTHONPATH": str(TESTS.parent), "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"},
-    )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, (
-        f"child reported nothing (rc {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    )
-    return json.loads(lines[-1][len("RESULT ") :])
+    return child_result([sys.executable, "-c", code], tmp_path, TIMEOUT_S)
 
 
 def assert_refused(result: dict, exc: str, *words: str, seconds: float = 10.0) -> None:
