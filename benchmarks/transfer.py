@@ -571,9 +571,82 @@ V2_TARGETS: dict[str, dict[str, Any]] = {
         "epochs": 8,
         "what": "control: same canvases, label = d1 mod 2 (top-left digit only)",
     },
+    # The long-sequence regime: a base fine-tuned at 128x128 (recipes/finetune_fmnist_128.yaml), whose
+    # stage 1 scans 32x32 = 1,024 tokens (official VMamba at 224: 3,136; the shipped base at 32: 64).
+    "mnist128": {
+        "img_size": 128,
+        "resize": "resize",
+        "classes": 10,
+        "epochs": 8,
+        "base": "fmnist128",
+        "what": "MNIST 1k at 128x128 (28x28 -> 128x128 bilinear; stage 1 = 1,024 tokens)",
+    },
+    "pairs128": {
+        "img_size": 128,
+        "classes": 2,
+        "epochs": 8,
+        "base": "fmnist128",
+        "what": "are two far-apart digits different? 0/1 digits (56x56) in opposite corners of 128x128; "
+        "label = a XOR b",
+    },
+    "pairs128_local": {
+        "img_size": 128,
+        "classes": 2,
+        "epochs": 8,
+        "base": "fmnist128",
+        "what": "control: the same kind of canvases, label = the top-left digit alone",
+    },
 }
 LFW_TEST = 80
 PAIRS_TRAIN, PAIRS_TEST = 1000, 1000
+PAIRS128_TRAIN, PAIRS128_TEST = 2000, 1000
+
+#: bases other than the shipped one: name -> the recipe that makes it from the shipped base.
+BASES = {"fmnist128": REPO / "recipes" / "finetune_fmnist_128.yaml"}
+
+
+def ensure_base(work: Path, name: str) -> Path:
+    """The base ``name``'s weights, trained once with its recipe into ``work/v2/bases/name`` (cached)."""
+    out = work / "v2" / "bases" / name
+    weights = out / "model.safetensors"
+    if weights.is_file():
+        return weights
+    import yaml
+
+    recipe = yaml.safe_load(BASES[name].read_text())
+    for key in ("train_data", "eval_data"):
+        if not (REPO / recipe[key]).is_file():
+            raise SystemExit(
+                f"base {name!r} needs {recipe[key]} (Fashion-MNIST): apt-get install dataset-fashion-mnist, "
+                "then python scripts/make_assets.py"
+            )
+    recipe.update(output_dir=str(out), overwrite=True, progress=False, plot=False)
+    print(f"building base {name!r} from {BASES[name].relative_to(REPO)} into {out}", flush=True)
+    from adaptor_peft.train.trainer import train
+
+    train(recipe)
+    return weights
+
+
+def _pairs128(x: np.ndarray, y: np.ndarray, n: int, seed: int, local: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 128x128 canvases: a 0/1 digit (2x, 56x56) top-left and one bottom-right, 4 px from the
+    corners (centres 64 px apart on each axis: ~530 tokens apart in a stage-1 row scan); label a XOR b
+    (or a). Per-digit recognition is trivial here, so what is hard is combining the two: with the head a
+    linear map of globally pooled features, XOR needs a token that has seen both digits."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    keep = np.flatnonzero(y < 2)
+    big = np.stack([np.asarray(Image.fromarray(x[i]).resize((56, 56), Image.BILINEAR)) for i in keep])
+    bits_a, bits_b = rng.integers(0, 2, n), rng.integers(0, 2, n)  # balanced by construction
+    pick = {c: np.flatnonzero(y[keep] == c) for c in (0, 1)}
+    a = np.array([rng.choice(pick[c]) for c in bits_a])
+    b = np.array([rng.choice(pick[c]) for c in bits_b])
+    canvas = np.zeros((n, 128, 128), dtype=np.uint8)
+    canvas[:, 4:60, 4:60] = big[a]
+    canvas[:, 68:124, 68:124] = big[b]
+    label = bits_a if local else bits_a ^ bits_b
+    return canvas, label.astype(np.int64)
 
 
 def _pairs(x: np.ndarray, y: np.ndarray, n: int, seed: int, local: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -605,7 +678,7 @@ def prepare_v2_data(
     paths = {k: d / f"{target}_{k}.npz" for k in ("train", "test", "sel_train", "sel_val")}
     if all(p.is_file() for p in paths.values()):
         return paths
-    if target == "mnist":
+    if target in ("mnist", "mnist128"):  # the same 1000 / 1000 images (mnist128 resizes them to 128)
         tr, te = np.load(mnist_train), np.load(mnist_test)
         keep = stratified_subset(tr["y"], 1000, 0)
         xtr, ytr, xte, yte = tr["x"][keep], tr["y"][keep], te["x"], te["y"]
@@ -622,6 +695,11 @@ def prepare_v2_data(
         local = target == "pairs_local"
         xtr, ytr = _pairs(tr["x"], tr["y"], PAIRS_TRAIN, 1, local)
         xte, yte = _pairs(te["x"], te["y"], PAIRS_TEST, 2, local)
+    elif target in ("pairs128", "pairs128_local"):
+        tr, te = np.load(mnist_train), np.load(mnist_test)  # train canvases from train digits only
+        local = target == "pairs128_local"
+        xtr, ytr = _pairs128(tr["x"], tr["y"], PAIRS128_TRAIN, 1, local)
+        xte, yte = _pairs128(te["x"], te["y"], PAIRS128_TEST, 2, local)
     else:
         raise SystemExit(f"unknown v2 target '{target}'; known: {list(V2_TARGETS)}")
     sel_train, sel_val = stratified_split(ytr, int(round(0.2 * len(ytr))), seed=0)
@@ -680,6 +758,8 @@ def v2_recipe(spec: dict[str, Any]) -> dict[str, Any]:
     if select:  # the validation curve: one evaluation per epoch (the test split is never seen here)
         recipe["eval_every"] = spec["steps_per_epoch"]
         recipe["eval_at_start"] = False
+    else:  # the test split once, at the end (the trainer's default would evaluate ~10 times)
+        recipe["eval_every"] = 0
     recipe.update(method_keys(method, options))
     return recipe
 
@@ -803,6 +883,7 @@ def run_v2(args: argparse.Namespace) -> dict[str, Any]:
         grid_specs = {
             label: [_spec(args, "select", sel_target, label, lr, 0, sel_data) for lr in V2_ENTRIES[label][2]]
             for label in labels
+            if label not in args.fixed_lr
         }
         todo = [s for specs in grid_specs.values() for s in specs if _done(s) is None]
         if args.dry_run:  # the plan only: sizes per split, the grid's runs, and the final runs to come
@@ -814,6 +895,11 @@ def run_v2(args: argparse.Namespace) -> dict[str, Any]:
             _launch(todo, args.jobs)
         finals = []
         for label in labels:
+            if label in args.fixed_lr:  # no grid: the lr was chosen elsewhere (stated in the table)
+                finals += [
+                    _spec(args, "final", target, label, args.fixed_lr[label], s, data) for s in args.seeds
+                ]
+                continue
             rows = [r for r in map(_done, grid_specs[label]) if r is not None]
             out["select"].setdefault(sel_target, {})[label] = rows
             lr = best_lr(rows) if len(rows) == len(grid_specs[label]) else None
@@ -928,8 +1014,9 @@ def markdown_v2(res: dict[str, Any], args: argparse.Namespace, command: str, wal
         f"Machine: {os.cpu_count()} vCPU ({cpu}), no GPU, shared with other jobs; torch {torch.__version__}, "
         f"{args.threads} thread(s) per run, {args.jobs} runs at a time; wall of this invocation "
         f"{wall / 60:.1f} min{' (table from cached runs only)' if args.cached_only else ''}.  ",
-        f"Base: `{Path(args.checkpoint).name}` (Fashion-MNIST VMamba, 32x32 pretraining), a fresh head "
-        "per target.  ",
+        f"Base: `{Path(args.checkpoint).name}` (Fashion-MNIST VMamba, 32x32 pretraining"
+        + (f"; then fine-tuned by `{BASES[args.base].relative_to(REPO)}`" if args.base else "")
+        + "), a fresh head per target.  ",
         f"Budget: epochs per target (below), batch {args.batch_size}, AdamW (warm-up 10%, cosine to 1%, "
         "wd 1e-4, clip 1.0), no augmentation. Selection: seed 0 on an 80/20 stratified split of the "
         "training images, validation after every epoch; the lr with the best final validation top-1 "
@@ -962,6 +1049,8 @@ def markdown_v2(res: dict[str, Any], args: argparse.Namespace, command: str, wal
             )
             grid = f"on {sel_target}" if elsewhere else grid
             lr = best_lr(rows)
+            if label in args.fixed_lr:
+                grid, lr = "fixed (--fixed-lr)", args.fixed_lr[label]
             if finals:
                 mean, std = _mean_std([r["top1"] for r in finals])
                 acc = f"{mean:.2f} ± {std:.2f} ({len(finals)})"
@@ -1004,7 +1093,8 @@ def main(argv: list[str] | None = None) -> None:
         "--targets",
         nargs="+",
         default=None,
-        help="v1: mnist digits; --v2: mnist digits lfw pairs pairs_local (default: the first 3) or "
+        help="v1: mnist digits; --v2: mnist digits lfw pairs pairs_local (default: the first 3), the "
+        "128x128 ones mnist128 pairs128 pairs128_local (their base is built once, see BASES), or "
         "vtab_<task> with --vtab-root",
     )
     ap.add_argument("--protocols", nargs="+", default=["low"], choices=PROTOCOLS)
@@ -1020,6 +1110,14 @@ def main(argv: list[str] | None = None) -> None:
         help="v2: reuse SOURCE's validation selection for TARGET (e.g. digits=mnist)",
     )
     ap.add_argument("--select-only", action="store_true", help="v2: run the lr grids, no final runs")
+    ap.add_argument(
+        "--fixed-lr",
+        nargs="*",
+        default=[],
+        metavar="LABEL=LR",
+        help="v2: no grid for LABEL, its final runs use LR (chosen elsewhere, e.g. on MNIST's validation "
+        "split in transfer_v2.json; the table says 'fixed')",
+    )
     ap.add_argument(
         "--vtab-root",
         type=Path,
@@ -1105,6 +1203,21 @@ def main_v2(ap: argparse.ArgumentParser, args: argparse.Namespace, argv: list[st
     if any(len(kv) != 2 or kv[1] not in V2_TARGETS for kv in pairs):
         ap.error(f"--select-on takes TARGET=SOURCE with SOURCE in {list(V2_TARGETS)}, got {args.select_on}")
     args.select_on = dict(pairs)
+    fixed = [kv.split("=", 1) for kv in args.fixed_lr]
+    try:
+        args.fixed_lr = {k: float(v) for k, v in fixed}
+    except ValueError:
+        ap.error(f"--fixed-lr takes LABEL=LR with a number LR, got {args.fixed_lr}")
+    if any(k not in V2_ENTRIES for k in args.fixed_lr):
+        ap.error(f"--fixed-lr: unknown label(s) in {args.fixed_lr}; known: {list(V2_ENTRIES)}")
+    bases = {V2_TARGETS[t].get("base") for t in args.targets}
+    if len(bases) > 1:
+        ap.error(
+            f"--targets {args.targets} need different bases {sorted(map(str, bases))}: one per invocation"
+        )
+    args.base = bases.pop()
+    if args.base and args.checkpoint == DEFAULT_CHECKPOINT and not args.dry_run:
+        args.checkpoint = ensure_base(args.work_dir, args.base)
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--cached-only"]
     command = "python benchmarks/transfer.py " + " ".join(shlex.quote(a) for a in given)
     t0 = time.time()

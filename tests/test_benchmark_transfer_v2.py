@@ -42,6 +42,42 @@ def test_pairs_put_two_digits_in_opposite_corners_with_the_parity_label(transfer
     assert 0.35 < label.mean() < 0.65
 
 
+def test_pairs128_put_0_1_digits_in_far_corners_with_the_xor_label(transfer):
+    # image i is the constant 10 + i, label i % 10: a constant image stays constant when resized
+    x = (10 + np.arange(200, dtype=np.uint8))[:, None, None].repeat(28, 1).repeat(28, 2)
+    y = np.arange(200) % 10
+    for local in (False, True):
+        canvas, label = transfer._pairs128(x, y, 400, seed=3, local=local)
+        assert canvas.shape == (400, 128, 128) and canvas.dtype == np.uint8
+        a, b = canvas[:, 4, 4].astype(int) - 10, canvas[:, 123, 123].astype(int) - 10
+        assert set(a % 10) == {0, 1} and set(b % 10) == {0, 1}  # only digits 0 and 1
+        assert (canvas[:, 4:60, 4:60] == canvas[:, 4:5, 4:5]).all()
+        assert (canvas[:, 68:124, 68:124] == canvas[:, 123:124, 123:124]).all()
+        inside = np.zeros((128, 128), bool)
+        inside[4:60, 4:60] = inside[68:124, 68:124] = True
+        assert (canvas[:, ~inside] == 0).all()
+        expected = a % 10 if local else (a % 10) != (b % 10)
+        assert (label == expected).all()
+        assert 0.4 < label.mean() < 0.6
+
+
+def test_fixed_lr_skips_the_grid_and_targets_of_two_bases_are_refused(transfer, tmp_path, capsys):
+    common = ["--v2", "--dry-run", "--work-dir", str(tmp_path), "--seeds", "0", "1"]
+    transfer.main(
+        [*common, "--targets", "pairs128", "--methods", "full", "lora_r8", "--fixed-lr", "full=3e-3"]
+    )
+    out = capsys.readouterr().out
+    # full has no grid (fixed); lora_r8's grid on pairs128's own split is 2 lrs; 2 labels x 2 seeds finals
+    assert "pairs128: images {'train': 2000, 'test': 1000, 'sel_train': 1600, 'sel_val': 400}" in out
+    assert "2 selection runs to do, then 4 final runs" in out
+    with pytest.raises(SystemExit):
+        transfer.main([*common, "--targets", "mnist", "mnist128"])
+    assert "need different bases" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        transfer.main([*common, "--targets", "mnist128", "--fixed-lr", "full=fast"])
+    assert "--fixed-lr takes LABEL=LR" in capsys.readouterr().err
+
+
 def test_mnist_splits_are_fixed_disjoint_and_stratified(transfer, tmp_path):
     paths = transfer.prepare_v2_data(
         tmp_path, transfer.ASSETS / "mnist_train.npz", transfer.ASSETS / "mnist_test.npz", "mnist"
@@ -75,6 +111,6 @@ def test_selection_never_sees_the_test_split_and_the_final_run_evaluates_it_once
     )
     fin = transfer.v2_recipe({**base, "stage": "final"})
     assert (fin["train_data"], fin["eval_data"]) == (data["train"], data["test"])
-    assert "eval_every" not in fin  # evaluated at the end only
+    assert fin["eval_every"] == 0  # evaluated at the end only (the trainer's default is ~10 times)
     assert fin["adaptor"]["train_norms"] is True and fin["method_options"] == {"r": 4, "alpha": 8}
     assert fin["epochs"] == 12 and "max_steps" not in fin
