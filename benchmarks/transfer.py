@@ -589,6 +589,14 @@ V2_TARGETS: dict[str, dict[str, Any]] = {
         "what": "are two far-apart digits different? 0/1 digits (56x56) in opposite corners of 128x128; "
         "label = a XOR b",
     },
+    "pairs128_few": {
+        "img_size": 128,
+        "classes": 2,
+        "epochs": 24,
+        "base": "fmnist128",
+        "n_train": 256,
+        "what": "pairs128 from 256 training canvases (every method reaches ~99% from 2000)",
+    },
     "pairs128_local": {
         "img_size": 128,
         "classes": 2,
@@ -695,10 +703,11 @@ def prepare_v2_data(
         local = target == "pairs_local"
         xtr, ytr = _pairs(tr["x"], tr["y"], PAIRS_TRAIN, 1, local)
         xte, yte = _pairs(te["x"], te["y"], PAIRS_TEST, 2, local)
-    elif target in ("pairs128", "pairs128_local"):
+    elif target in ("pairs128", "pairs128_few", "pairs128_local"):
         tr, te = np.load(mnist_train), np.load(mnist_test)  # train canvases from train digits only
         local = target == "pairs128_local"
-        xtr, ytr = _pairs128(tr["x"], tr["y"], PAIRS128_TRAIN, 1, local)
+        n_train = V2_TARGETS[target].get("n_train", PAIRS128_TRAIN)
+        xtr, ytr = _pairs128(tr["x"], tr["y"], n_train, 1, local)
         xte, yte = _pairs128(te["x"], te["y"], PAIRS128_TEST, 2, local)
     else:
         raise SystemExit(f"unknown v2 target '{target}'; known: {list(V2_TARGETS)}")

@@ -63,13 +63,13 @@ def test_pairs128_put_0_1_digits_in_far_corners_with_the_xor_label(transfer):
 
 def test_fixed_lr_skips_the_grid_and_targets_of_two_bases_are_refused(transfer, tmp_path, capsys):
     common = ["--v2", "--dry-run", "--work-dir", str(tmp_path), "--seeds", "0", "1"]
-    transfer.main(
-        [*common, "--targets", "pairs128", "--methods", "full", "lora_r8", "--fixed-lr", "full=3e-3"]
-    )
+    fixed = ["--methods", "full", "lora_r8", "--fixed-lr", "full=3e-3"]
+    transfer.main([*common, "--targets", "pairs128", "pairs128_few", *fixed])
     out = capsys.readouterr().out
     # full has no grid (fixed); lora_r8's grid on pairs128's own split is 2 lrs; 2 labels x 2 seeds finals
     assert "pairs128: images {'train': 2000, 'test': 1000, 'sel_train': 1600, 'sel_val': 400}" in out
     assert "2 selection runs to do, then 4 final runs" in out
+    assert "pairs128_few: images {'train': 256, 'test': 1000, 'sel_train': 205, 'sel_val': 51}" in out
     with pytest.raises(SystemExit):
         transfer.main([*common, "--targets", "mnist", "mnist128"])
     assert "need different bases" in capsys.readouterr().err
