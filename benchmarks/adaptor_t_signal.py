@@ -8,7 +8,8 @@ anything (the identity init starts gamma at 0 and AdamW moves it by about lr per
     python benchmarks/adaptor_t_signal.py [--checkpoint FILE] [--images N]
 
 Default: the shipped Fashion-MNIST base and the shipped MNIST test images, padded 28 -> 32 and
-normalised as recipes/quickstart.yaml does.
+normalised as recipes/quickstart.yaml does. ``--img-size 128`` resizes them (bilinear) instead, for the
+base of recipes/finetune_fmnist_128.yaml, whose stage 1 scans 1,024 tokens.
 """
 
 from __future__ import annotations
@@ -30,11 +31,17 @@ def main() -> None:
     ap_ = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap_.add_argument("--checkpoint", default=str(ASSETS / "vmamba_fmnist_d32.safetensors"))
     ap_.add_argument("--images", type=int, default=64)
+    ap_.add_argument("--img-size", type=int, default=32, help="32: pad 28 -> 32; other sizes: resize")
     args = ap_.parse_args()
     torch.manual_seed(0)
     model = ap.create_model(args.checkpoint).eval()
     x = torch.tensor(np.load(str(ASSETS / "mnist_test.npz"))["x"][: args.images]).float()[:, None] / 255.0
-    x = torch.nn.functional.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1).sub(0.5).div(0.5)
+    if args.img_size == 32:
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    else:
+        size = (args.img_size, args.img_size)
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    x = x.repeat(1, 3, 1, 1).sub(0.5).div(0.5)
     model = ap.inject_adaptors(model, ap.MambaAdaptorConfig(init="random"))
     rows = []
     for name, op, stage in find_ss2d(model):
