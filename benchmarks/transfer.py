@@ -539,6 +539,22 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
         [3e-2],
         "T+S +norms, random_phi, gamma_lr 1.0 (gamma may grow ~100x faster)",
     ),
+    # MNIST's validation tied T+S +norms at 3e-2 and 3e-1 (83.0 each; the rule took 3e-2) and chose 3e-1
+    # for S-only: this row runs T+S at S-only's lr so that "does T add to S" compares equal lrs too.
+    "adaptor_ts_norms_at_s_lr": (
+        "adaptor_ts",
+        {**V2_BASE, "train_norms": True},
+        [3e-1],
+        "T+S +norms at S-only's lr (3e-1, tied on MNIST validation)",
+    ),
+    # T-only +norms at 3e-1 (its MNIST choice) stayed at chance on the 128x128 XOR, its loss jumping to 1.6
+    # in the first steps: this row checks whether that is the lr (T+S's 3e-2) or the method.
+    "adaptor_t_norms_at_ts_lr": (
+        "adaptor_t",
+        {**V2_BASE, "train_norms": True},
+        [3e-2],
+        "T only +norms at T+S's lr (3e-2)",
+    ),
     "adaptor_ts_norms_rphi": (
         "adaptor_ts",
         {**V2_BASE, "train_norms": True, "init": "random_phi"},
