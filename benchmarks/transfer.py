@@ -1055,9 +1055,17 @@ def markdown_v2(res: dict[str, Any], args: argparse.Namespace, command: str, wal
         sel = res["select"].get(sel_target, {})
         fin = res["final"].get(target, {})
         epochs = args.epochs or tgt["epochs"]
+        labels = args.methods or list(V2_ENTRIES)
+        how = f"lr selected on {sel_target}'s validation split"
+        if all(label in args.fixed_lr for label in labels):
+            how = "lr fixed for every row (--fixed-lr: chosen elsewhere, never on this target's test split)"
+        elif args.fixed_lr:
+            how += "; rows marked fixed use --fixed-lr"
+        paths = prepare_v2_data(args.work_dir, args.mnist_train, args.mnist_test, target, args.vtab_root)
+        n_train = count_images(paths["train"])
         lines += [f"## {target}: {tgt['what']}", "",
-                  f"{epochs} epochs at {tgt['img_size']}x{tgt['img_size']}; lr selected on "
-                  f"{sel_target}'s validation split.", ""]  # fmt: skip
+                  f"{n_train} training images, {epochs} epochs at {tgt['img_size']}x{tgt['img_size']}; "
+                  f"{how}.", ""]  # fmt: skip
         full_mean = _mean_std([r["top1"] for r in fin["full"]])[0] if fin.get("full") else None
         head = ["label", "what", "trainable (w/ head)", "w/o head", "validation top-1 per lr (seed 0)",
                 "lr", "test top-1 (mean ± std, n)", "vs full", "step ms"]  # fmt: skip
