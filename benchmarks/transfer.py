@@ -555,6 +555,12 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
         [3e-2],
         "T only +norms at T+S's lr (3e-2)",
     ),
+    "adaptor_s_norms_at_ts_lr": (
+        "adaptor_s",
+        {**V2_BASE, "train_norms": True},
+        [3e-2],
+        "S only +norms at T+S's lr (3e-2)",
+    ),
     "adaptor_ts_norms_rphi": (
         "adaptor_ts",
         {**V2_BASE, "train_norms": True, "init": "random_phi"},
