@@ -561,6 +561,31 @@ V2_ENTRIES: dict[str, tuple[str, dict[str, Any], list[float], str]] = {
         [3e-2],
         "S only +norms at T+S's lr (3e-2)",
     ),
+    # Adaptor-T's open choices (issue 16 item 3), each one change from T+S +norms, at its lr (3e-2) only.
+    "adaptor_ts_norms_perdir": (
+        "adaptor_ts",
+        {**V2_BASE, "train_norms": True, "share_across_directions": False},
+        [3e-2],
+        "T+S +norms, per-direction phi_p / phi_c / gamma",
+    ),
+    "adaptor_ts_norms_static": (
+        "adaptor_ts",
+        {**V2_BASE, "train_norms": True, "selection": "static"},
+        [3e-2],
+        "T+S +norms, static selection (learned offsets, not per token)",
+    ),
+    "adaptor_ts_norms_absolute": (
+        "adaptor_ts",
+        {**V2_BASE, "train_norms": True, "offset_mode": "absolute"},
+        [3e-2],
+        "T+S +norms, absolute offsets ((L-1) sigmoid(phi_p))",
+    ),
+    "adaptor_ts_norms_k8": (
+        "adaptor_ts",
+        {**V2_BASE, "train_norms": True, "num_points": 8},
+        [3e-2],
+        "T+S +norms, K = 8 memory points",
+    ),
     "adaptor_ts_norms_rphi": (
         "adaptor_ts",
         {**V2_BASE, "train_norms": True, "init": "random_phi"},
