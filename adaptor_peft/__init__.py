@@ -8,8 +8,8 @@ is imported (see `peft_hook`), and the names below import their modules on first
 `import adaptor_peft` and the CLI's `--help` load neither torch, timm nor peft.
 """
 
-import importlib
-
+from .lazy_exports import lazy_dir as _lazy_dir
+from .lazy_exports import resolve_lazy as _resolve_lazy
 from .peft_hook import install as _install_peft_hook
 from .peft_hook import install_timm as _install_timm_hook
 from .shipped import shipped_base_path
@@ -39,22 +39,12 @@ _LAZY = {
 
 def __getattr__(name: str) -> object:
     """Import a public name's module (or a subpackage such as ``adaptor_peft.models``) on first use."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if not name.startswith("_"):
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module 'adaptor_peft' has no attribute {name!r}")
+    return _resolve_lazy(__name__, globals(), _LAZY, name, subpackages=True)
 
 
 def __dir__() -> list[str]:
     """The public names, loaded or not."""
-    return sorted(set(globals()) | set(_LAZY))
+    return _lazy_dir(globals(), _LAZY)
 
 
 __all__ = [

@@ -11,7 +11,8 @@ One concept per module:
 - :mod:`.describe`: the human-readable summary behind ``adaptor-peft info``.
 """
 
-import importlib
+from ..lazy_exports import lazy_dir as _lazy_dir
+from ..lazy_exports import resolve_lazy as _resolve_lazy
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so reading a
 #: header (`adaptor-peft info`) does not import the adaptor modules, and those not timm/peft.
@@ -71,16 +72,12 @@ _LAZY = {
 
 def __getattr__(name: str) -> object:
     """Import a public name's submodule on first use."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _resolve_lazy(__name__, globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:
     """The public names, loaded or not."""
-    return sorted(set(globals()) | set(_LAZY))
+    return _lazy_dir(globals(), _LAZY)
 
 
 __all__ = [
