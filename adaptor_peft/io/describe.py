@@ -13,7 +13,7 @@ from adaptor_peft.printable import printable
 
 from .adaptor_header import META_FORMAT_VERSION, parse_adaptor_header
 from .errors import AdaptorMetadataError
-from .safetensors_reader import read_safetensors
+from .safetensors_reader import RawSafetensors, read_safetensors
 
 
 def _human_bytes(n: int) -> str:
@@ -43,9 +43,14 @@ def _tensor_table(rows: list[tuple[str, str, tuple[int, ...], int]]) -> list[str
     return lines
 
 
+def _entry_rows(raw: RawSafetensors) -> list[tuple[str, str, tuple[int, ...], int]]:
+    """The table rows (name, dtype, shape, bytes) of a safetensors header, by name."""
+    return [(k, e.dtype, e.shape, e.nbytes) for k, e in sorted(raw.entries.items())]
+
+
 def _describe_safetensors(path: Path) -> list[str]:
     raw = read_safetensors(path, header_only=True)
-    rows = [(k, e.dtype, e.shape, e.nbytes) for k, e in sorted(raw.entries.items())]
+    rows = _entry_rows(raw)
     lines: list[str] = []
     if META_FORMAT_VERSION in raw.metadata:
         header = parse_adaptor_header(raw)
@@ -109,7 +114,7 @@ def _describe_peft_dir(path: Path) -> list[str]:
     weights = path / "adapter_model.safetensors"
     if weights.is_file():
         raw = read_safetensors(weights, header_only=True)
-        rows = [(k, e.dtype, e.shape, e.nbytes) for k, e in sorted(raw.entries.items())]
+        rows = _entry_rows(raw)
         lines += ["  adapter_model.safetensors:", *_tensor_table(rows)]
         lines.append(f"  file size: {_human_bytes(raw.file_size)} ({raw.file_size:,} bytes)")
     else:
@@ -155,7 +160,7 @@ def _describe_checkpoint_dir(path: Path) -> list[str]:
     weights = path / "trainable.safetensors"
     if weights.is_file():
         raw = read_safetensors(weights, header_only=True)
-        rows = [(k, e.dtype, e.shape, e.nbytes) for k, e in sorted(raw.entries.items())]
+        rows = _entry_rows(raw)
         lines += ["  trainable.safetensors (trained tensors and buffers):", *_tensor_table(rows)]
     lines.append(f"  use: adaptor-peft eval {path} --data DATA   (or predict {path} IMAGES)")
     return lines
