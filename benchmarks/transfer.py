@@ -929,9 +929,10 @@ def best_lr(rows: list[dict[str, Any]]) -> float | None:
 def run_v2(args: argparse.Namespace) -> dict[str, Any]:
     """Selection then final runs for every (target, label); returns every finished run, by stage."""
     labels = args.methods or list(V2_ENTRIES)
-    out: dict[str, Any] = {"select": {}, "final": {}, "plan": []}
+    out: dict[str, Any] = {"select": {}, "final": {}, "plan": [], "n_train": {}}
     for target in args.targets:
         data = prepare_v2_data(args.work_dir, args.mnist_train, args.mnist_test, target, args.vtab_root)
+        out["n_train"][target] = count_images(data["train"])
         sel_target = args.select_on.get(target, target)
         sel_data = prepare_v2_data(
             args.work_dir, args.mnist_train, args.mnist_test, sel_target, args.vtab_root
@@ -1092,8 +1093,7 @@ def markdown_v2(res: dict[str, Any], args: argparse.Namespace, command: str, wal
             how = "lr fixed for every row (--fixed-lr: chosen elsewhere, never on this target's test split)"
         elif args.fixed_lr:
             how += "; rows marked fixed use --fixed-lr"
-        paths = prepare_v2_data(args.work_dir, args.mnist_train, args.mnist_test, target, args.vtab_root)
-        n_train = count_images(paths["train"])
+        n_train = res["n_train"][target]
         lines += [f"## {target}: {tgt['what']}", "",
                   f"{n_train} training images, {epochs} epochs at {tgt['img_size']}x{tgt['img_size']}; "
                   f"{how}.", ""]  # fmt: skip
