@@ -10,10 +10,15 @@ import os
 from pathlib import Path
 
 from adaptor_peft.printable import printable
+from adaptor_peft.regular_file import read_bounded
 
 from .adaptor_header import META_FORMAT_VERSION, parse_adaptor_header
 from .errors import AdaptorMetadataError
 from .safetensors_reader import RawSafetensors, read_safetensors
+
+#: state.json, manifest.json and adapter_config.json hold a few hundred bytes; a FIFO or a giant in their
+#: place is refused (read_bounded) instead of hanging or filling memory in ``adaptor-peft info``
+_MAX_JSON_BYTES = 1 << 20
 
 
 def _human_bytes(n: int) -> str:
@@ -102,7 +107,7 @@ def _describe_pickle_checkpoint(path: Path) -> list[str]:
 def _describe_peft_dir(path: Path) -> list[str]:
     cfg_path = path / "adapter_config.json"
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = json.loads(read_bounded(cfg_path, _MAX_JSON_BYTES))
     except (OSError, ValueError) as exc:
         raise AdaptorMetadataError(cfg_path, f"cannot read peft adapter config: {exc}") from exc
     lines = [
@@ -127,7 +132,7 @@ def _describe_peft_dir(path: Path) -> list[str]:
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_bounded(path, _MAX_JSON_BYTES))
     except (OSError, ValueError) as exc:
         raise AdaptorMetadataError(path, f"cannot be read: {exc}") from exc
 

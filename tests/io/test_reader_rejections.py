@@ -150,3 +150,14 @@ def test_dtype_of_the_same_size_is_refused(
     msg = str(info.value)
     assert f"[{key}]" in msg and file_tag in msg and model_tag in msg, msg
     assert same_snapshot(before, state_snapshot(fresh)), "a failed load modified the model"
+
+
+@pytest.mark.parametrize("layout", ["peft", "checkpoint"])
+def test_info_refuses_an_oversized_json_in_a_folder_before_reading_it(tmp_path, layout):
+    # an 8 MiB sparse file where a few-hundred-byte JSON belongs: refused for its size, not parsed
+    name = "adapter_config.json" if layout == "peft" else "manifest.json"
+    with open(tmp_path / name, "wb") as f:
+        f.truncate(8 << 20)
+    with pytest.raises(aio.AdaptorMetadataError) as err:
+        aio.describe_file(tmp_path)
+    assert name in str(err.value) and "more than the 1,048,576 accepted" in str(err.value)
